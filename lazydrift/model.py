@@ -1,0 +1,283 @@
+"""NTKMLP: a bias-free ReLU multilayer perceptron in the NTK parameterization (paper section 4).
+
+Every weight is drawn N(0, init_std^2) and every layer's output is multiplied by a fixed
+``multiplier``; in Jacot et al.'s parameterization init_std = 1 and multiplier = 1/sqrt(fan_in),
+so that Sigma^(1)(x, x') = x^T x' / n0 (Definition 1) and the network's NTK converges to
+Theta_inf (Theorem 1).  Two other parameterizations are offered for comparison (``mup`` and
+``standard``); their scalings are listed in :func:`layer_scalings`.
+
+Module names are part of the public contract: the post-ReLU output of hidden layer ``k``
+(0-based) is the output of the submodule ``hidden.k``, so forward hooks can target it, and the
+last hidden layer is ``hidden.{depth-1}``.  The readout is ``readout``.
+
+One-hot inputs can be given as integer token ids (LongTensor): the first layer then looks up
+rows of its weight instead of multiplying by a V-by-width one-hot matrix, which is the same
+computation (see tests) at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+PARAMETERIZATIONS = ("ntk", "mup", "standard")
+INPUT_SCALES = ("fan_in", "embedding")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How one layer is parameterized: y = multiplier * W x, W ~ N(0, init_std^2), lr * lr_scale."""
+
+    multiplier: float
+    init_std: float
+    lr_scale: float
+
+
+def layer_scalings(parameterization: str, in_features: int, width: int, depth: int,
+                   input_scale: str = "fan_in") -> list[Scaling]:
+    """Scalings of the input layer, the depth-1 hidden-to-hidden layers and the readout.
+
+    With n the hidden width and d the input's fan-in (d is replaced by 1 when
+    ``input_scale="embedding"``, the usual scale for one-hot token inputs):
+
+    ============  ====================  ======================  =====================
+    layer         ntk (Jacot et al.)    mup (Yang & Hu, TP4)    standard (PyTorch)
+    ============  ====================  ======================  =====================
+    input         1/sqrt(d), N(0,1), 1  1/sqrt(d), N(0,1), n    1, N(0,1/d), 1/n
+    hidden        1/sqrt(n), N(0,1), 1  1/sqrt(n), N(0,1), n    1, N(0,1/n), 1/n
+    readout       1/sqrt(n), N(0,1), 1  1/n,       N(0,1), n    1, N(0,1/n), 1/n
+    ============  ====================  ======================  =====================
+
+    Each cell is (multiplier, init distribution, learning-rate factor).  The muP column is
+    Yang & Hu's (2021) abc-parameterization for SGD (a = -1/2, 0, 1/2; b = 1/2; c = 0)
+    rewritten with N(0, 1) weights through their symmetry (a, b, c) -> (a + b, 0, c - 2b):
+    it equals the NTK column with the readout divided by a further sqrt(n) and every
+    learning rate multiplied by n.  The standard column uses the learning rate eta/n, the
+    largest SGD scaling that stays stable as n grows (TP4, section 3), which places it in the
+    kernel regime.
+    """
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+    if input_scale not in INPUT_SCALES:
+        raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
+    d = 1 if input_scale == "embedding" else in_features
+    n = width
+    if parameterization == "ntk":
+        first = Scaling(1 / math.sqrt(d), 1.0, 1.0)
+        hidden = Scaling(1 / math.sqrt(n), 1.0, 1.0)
+        readout = Scaling(1 / math.sqrt(n), 1.0, 1.0)
+    elif parameterization == "mup":
+        first = Scaling(1 / math.sqrt(d), 1.0, float(n))
+        hidden = Scaling(1 / math.sqrt(n), 1.0, float(n))
+        readout = Scaling(1 / n, 1.0, float(n))
+    else:  # standard
+        first = Scaling(1.0, 1 / math.sqrt(d), 1 / n)
+        hidden = Scaling(1.0, 1 / math.sqrt(n), 1 / n)
+        readout = Scaling(1.0, 1 / math.sqrt(n), 1 / n)
+    return [first] + [hidden] * (depth - 1) + [readout]
+
+
+class _LinearSGD(torch.autograd.Function):
+    """y = m * x @ W^T whose backward applies the SGD step to W in place (no gradient tensor)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, multiplier, lr):
+        ctx.save_for_backward(x, weight)
+        ctx.multiplier, ctx.lr = multiplier, lr
+        return F.linear(x, weight) * multiplier
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        m = ctx.multiplier
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_out @ weight) * m  # uses W before its update below
+        # W <- W - lr * dL/dW with dL/dW = m * grad_out^T x, accumulated straight into W.
+        weight.addmm_(grad_out.t(), x, alpha=-ctx.lr * m)
+        return grad_x, None, None, None
+
+
+class _EmbeddingSGD(torch.autograd.Function):
+    """y = m * W[ids] whose backward scatters the SGD step into the looked-up rows of W."""
+
+    @staticmethod
+    def forward(ctx, ids, weight, multiplier, lr):
+        ctx.save_for_backward(ids)
+        ctx.weight, ctx.multiplier, ctx.lr = weight, multiplier, lr
+        return F.embedding(ids, weight) * multiplier
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (ids,) = ctx.saved_tensors
+        ctx.weight.index_add_(0, ids.reshape(-1), grad_out.reshape(-1, grad_out.shape[-1]),
+                              alpha=-ctx.lr * ctx.multiplier)
+        return None, None, None, None
+
+
+class _DenseInputSGD(torch.autograd.Function):
+    """y = m * x @ W (W stored in-by-width) whose backward applies the SGD step to W in place."""
+
+    @staticmethod
+    def forward(ctx, x, weight, multiplier, lr):
+        ctx.save_for_backward(x)
+        ctx.weight, ctx.multiplier, ctx.lr = weight, multiplier, lr
+        return (x @ weight) * multiplier
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        ctx.weight.addmm_(x.t(), grad_out, alpha=-ctx.lr * ctx.multiplier)
+        return None, None, None, None
+
+
+class ScaledLinear(nn.Module):
+    """Bias-free linear layer y = multiplier * x W^T with W ~ N(0, init_std^2), shape (out, in)."""
+
+    def __init__(self, in_features: int, out_features: int, scaling: Scaling):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.multiplier, self.init_std, self.lr_scale = scaling.multiplier, scaling.init_std, scaling.lr_scale
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.sgd_lr: float | None = None  # set by lazydrift.train.fused_sgd
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            self.weight.normal_(0.0, self.init_std, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sgd_lr is not None and torch.is_grad_enabled():
+            return _LinearSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
+        return F.linear(x, self.weight) * self.multiplier
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, multiplier={self.multiplier:.4g}"
+
+
+class InputLayer(nn.Module):
+    """First layer y = multiplier * x W with W of shape (in_features, width).
+
+    ``x`` is either a float tensor (..., in_features) or integer token ids (...,): for ids the
+    layer returns rows of W, which equals the product with the one-hot encoding of the ids.
+    The weight is stored input-major (like ``nn.Embedding``) so that a lookup reads
+    contiguous rows.
+    """
+
+    def __init__(self, in_features: int, width: int, scaling: Scaling):
+        super().__init__()
+        self.in_features, self.out_features = in_features, width
+        self.multiplier, self.init_std, self.lr_scale = scaling.multiplier, scaling.init_std, scaling.lr_scale
+        self.weight = nn.Parameter(torch.empty(in_features, width))
+        self.sgd_lr: float | None = None
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            self.weight.normal_(0.0, self.init_std, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.sgd_lr is not None and torch.is_grad_enabled()
+        if not torch.is_floating_point(x):
+            if fused:
+                return _EmbeddingSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
+            return F.embedding(x, self.weight) * self.multiplier
+        if fused:
+            return _DenseInputSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
+        return (x @ self.weight) * self.multiplier
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, multiplier={self.multiplier:.4g}"
+
+
+class NTKMLP(nn.Module):
+    """Bias-free ReLU MLP with ``depth`` hidden layers of equal ``width``.
+
+    The paper's depth L counts weight layers, so ``NTKMLP(..., depth=2)`` (Table 1's network)
+    has L = 3 and its NTK tends to ``lazydrift.kernels.relu_ntk(..., depth=3)``.
+
+    Args:
+        in_features: input dimension (the vocabulary size V for one-hot tokens).
+        width: the hidden width n, the same for every hidden layer.
+        out_features: output dimension.
+        depth: number of hidden layers.
+        parameterization: ``"ntk"`` (default), ``"mup"`` or ``"standard"``; see :func:`layer_scalings`.
+        input_scale: ``"fan_in"`` divides the first layer by sqrt(in_features) as in
+            Definition 1; ``"embedding"`` uses scale 1, so that a one-hot input gives O(1)
+            pre-activations as an embedding table does.
+        seed: seeds the initialization (a private generator; the global RNG is untouched).
+        device, dtype: where the parameters live.
+    """
+
+    def __init__(self, in_features: int, width: int, out_features: int, depth: int = 2, *,
+                 parameterization: str = "ntk", input_scale: str = "fan_in",
+                 seed: int | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("width", width),
+                            ("out_features", out_features), ("depth", depth)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"NTKMLP: {name} must be a positive integer, got {value!r}")
+        self.in_features, self.width, self.out_features, self.depth = in_features, width, out_features, depth
+        self.parameterization, self.input_scale = parameterization, input_scale
+        scalings = layer_scalings(parameterization, in_features, width, depth, input_scale)
+        blocks = [nn.Sequential(InputLayer(in_features, width, scalings[0]), nn.ReLU())]
+        blocks += [nn.Sequential(ScaledLinear(width, width, s), nn.ReLU()) for s in scalings[1:-1]]
+        self.hidden = nn.ModuleList(blocks)
+        self.readout = ScaledLinear(width, out_features, scalings[-1])
+        self.to(device=device, dtype=dtype)
+        self.reset_parameters(seed)
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Draw every weight afresh; the same seed on the same device gives the same weights."""
+        device = self.readout.weight.device
+        generator = torch.Generator(device=device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        for layer in self.linear_layers():
+            layer.reset_parameters(generator)
+
+    def linear_layers(self) -> list[nn.Module]:
+        """The weight layers in forward order: input, hidden-to-hidden, readout."""
+        return [block[0] for block in self.hidden] + [self.readout]
+
+    @property
+    def last_hidden(self) -> str:
+        """Module name of the last hidden layer's post-ReLU output (Table 1's h_t)."""
+        return f"hidden.{self.depth - 1}"
+
+    def default_record_layers(self) -> list[str]:
+        return [self.last_hidden]
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Per-layer parameter groups for ``torch.optim.SGD`` with each layer's lr factor."""
+        return [{"params": [layer.weight], "lr": lr * layer.lr_scale} for layer in self.linear_layers()]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError naming the expected shape and dtype when ``x`` cannot be an input."""
+        expected = (f"integer token ids of shape (batch,) with values in [0, {self.in_features}) "
+                    f"or a float tensor of shape (batch, {self.in_features})")
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"inputs must be a torch.Tensor: {expected}; got {type(x).__name__}")
+        if torch.is_floating_point(x):
+            if x.dim() != 2 or x.shape[1] != self.in_features:
+                raise ValueError(f"inputs must be {expected}; got float shape {tuple(x.shape)}")
+        elif x.dtype in (torch.int64, torch.int32):
+            if x.dim() != 1:
+                raise ValueError(f"inputs must be {expected}; got integer shape {tuple(x.shape)}")
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.in_features):
+                raise ValueError(f"inputs must be {expected}; got ids in [{int(x.min())}, {int(x.max())}]")
+        else:
+            raise ValueError(f"inputs must be {expected}; got dtype {x.dtype}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.hidden:
+            x = block(x)
+        return self.readout(x)
+
+    def extra_repr(self) -> str:
+        return f"parameterization={self.parameterization}, input_scale={self.input_scale}"
