@@ -1,0 +1,76 @@
+"""Command line: ``lazydrift run RECIPE.toml [--out DIR] [--device cpu|cuda|auto] [--seed N]``.
+
+Bad input (a recipe mistake, missing data) prints one line naming the file and the key or
+the fix, and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+
+def _error(msg: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"lazydrift: error: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_run(args) -> int:
+    from .experiment import run_recipe
+    from .recipes import load_recipe
+
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.download:
+        overrides.append("data.download=true")
+    recipe = load_recipe(args.recipe, overrides)
+    out = Path(args.out) if args.out else Path("results") / recipe.name
+    run = run_recipe(recipe, out, device=args.device, progress=not args.quiet)
+    table = out / "table1.md"
+    if table.exists() and not args.quiet:
+        print(table.read_text())
+    print(f"lazydrift: wrote {out}/ (status: {run['status']}, {run['wall_seconds']:.1f} s)")
+    if run["status"] == "diverged":
+        return _error(run.get("error", "diverged"), EXIT_DIVERGED)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lazydrift", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a recipe (TOML) and write results/<name>/")
+    run.add_argument("recipe", help="path to a recipe .toml file")
+    run.add_argument("--out", help="output folder (default results/<recipe name>)")
+    run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="overrides the recipe's device")
+    run.add_argument("--seed", type=int, help="overrides the recipe's seed")
+    run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                     help="override a recipe key, e.g. --set train.steps=10 (repeatable)")
+    run.add_argument("--download", action="store_true", help="allow downloading missing data")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .recipes import RecipeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RecipeError as e:
+        return _error(str(e))
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+    except Exception as e:  # data errors carry their fix in the message
+        if type(e).__name__ == "DataNotFoundError":
+            return _error(str(e))
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
