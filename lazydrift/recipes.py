@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ class DataConfig:
 class ModelConfig:
     widths: list[int] = field(default_factory=lambda: [1000, 3000])
     depth: int = 2                # hidden layers (the paper's L = depth + 1 weight layers)
-    parameterization: str = "ntk"  # ntk | mup | standard
+    parameterization: str | list[str] = "ntk"  # ntk | mup | standard, or a list to compare them
     input_scale: str = "embedding"  # embedding (scale 1) | fan_in (1/sqrt(V), Definition 1)
 
 
@@ -73,6 +74,7 @@ class Recipe:
     name: str = ""
     description: str = ""
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)  # several model seeds (empty = [seed])
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -85,6 +87,15 @@ class Recipe:
         d = dataclasses.asdict(self)
         d.pop("path")
         return d
+
+    @property
+    def parameterizations(self) -> list[str]:
+        p = self.model.parameterization
+        return [p] if isinstance(p, str) else list(p)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
@@ -161,6 +172,15 @@ def _build(cls, values: dict, path, prefix: str, extra: dict | None = None):
 
 def _check_type(value, hint, path, where: str):
     origin = typing.get_origin(hint)
+    if origin is types.UnionType:
+        options = typing.get_args(hint)
+        for option in options:
+            try:
+                return _check_type(value, option, path, where)
+            except RecipeError:
+                pass
+        names = " or ".join(getattr(o, "__name__", None) or f"list of {typing.get_args(o)[0].__name__}" for o in options)
+        raise RecipeError(f"{path}: {where} must be a {names}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -212,7 +232,14 @@ def _check_values(r: Recipe, path) -> None:
     for k, w in enumerate(m.widths):
         if w < 1:
             fail(f"[model] widths[{k}]", f"must be >= 1, got {w}")
-    choice("[model] parameterization", m.parameterization, ("ntk", "mup", "standard"))
+    params = [m.parameterization] if isinstance(m.parameterization, str) else m.parameterization
+    if not params:
+        fail("[model] parameterization", "must name at least one parameterization")
+    for p in params:
+        choice("[model] parameterization", p, ("ntk", "mup", "standard"))
+    for k, s in enumerate(r.seeds):
+        if s < 0:
+            fail(f"seeds[{k}]", f"must be >= 0, got {s}")
     choice("[model] input_scale", m.input_scale, ("embedding", "fan_in"))
     if not t.lr > 0 or t.lr == float("inf"):
         fail("[train] lr", f"must be a positive finite number, got {t.lr}")
