@@ -30,7 +30,7 @@ def cmd_run(args) -> int:
         overrides.append("data.download=true")
     recipe = load_recipe(args.recipe, overrides)
     out = Path(args.out) if args.out else Path("results") / recipe.name
-    run = run_recipe(recipe, out, device=args.device, progress=not args.quiet)
+    run = run_recipe(recipe, out, device=args.device, progress=not args.quiet, resume=args.resume)
     table = out / "table1.md"
     if table.exists() and not args.quiet:
         print(table.read_text())
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                      help="override a recipe key, e.g. --set train.steps=10 (repeatable)")
     run.add_argument("--download", action="store_true", help="allow downloading missing data")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out: skip finished cells, resume the rest from checkpoints")
     run.add_argument("--quiet", action="store_true", help="no progress bars or table")
     run.set_defaults(func=cmd_run)
     return parser

@@ -1,13 +1,28 @@
-"""Run a recipe: data, one model per width, the training loop with a DriftRecorder, outputs.
+"""Run a recipe: the data, one training run per cell (parameterization, seed, width), outputs.
 
-This is the glue behind ``lazydrift run``: everything it measures comes from
-:mod:`lazydrift.recorder` and :mod:`lazydrift.metrics`, everything it writes goes through
-:mod:`lazydrift.export` (atomic files) and :mod:`lazydrift.report` (tables).
+This is the glue behind ``lazydrift run``.  What it measures comes from
+:mod:`lazydrift.recorder`, what it writes goes through :mod:`lazydrift.export` (atomic files)
+and :mod:`lazydrift.report` (tables).
+
+Layout of an output folder::
+
+    OUT/run.json                  recipe, versions, device, git commit, wall time, status
+    OUT/probes.csv                which inputs the probes are
+    OUT/cells/<cell>/             one folder per cell: its CSVs, cell.json, checkpoint.pt
+    OUT/summary.csv, drift.csv, neurons.csv, losses.csv, gram*.csv, init_theory*.csv,
+    OUT/noise_floor.csv, table1.md   the cells combined (lazydrift.report.aggregate)
+
+A cell saves a checkpoint (model, sampler RNG, recorder rows, step) every N steps or minutes;
+``--resume`` skips finished cells and continues an unfinished one from its checkpoint, giving
+the same CSVs bit for bit on CPU as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,13 +34,14 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .export import write_csv, write_json, write_text
+from .export import atomic_write, write_csv, write_json
 from .model import NTKMLP
-from .recipes import Recipe
+from .recipes import Recipe, RecipeError
 from .recorder import DriftRecorder, log_schedule
 from .train import DivergenceError, TrainState, train
 
 
+# -- the task -----------------------------------------------------------------------------------
 @dataclass
 class Task:
     """A training task: inputs, targets, a batch sampler and the probe set."""
@@ -33,14 +49,14 @@ class Task:
     name: str
     in_features: int
     out_features: int
-    make_sampler: Callable[[int], object]  # seed -> object with next_batch() and state_dict()
-    probes: torch.Tensor                   # inputs (ids or float rows)
-    probe_table: pd.DataFrame              # probe -> what it is (word, image index, label)
+    make_sampler: Callable[[int], object]  # seed -> object with next_batch(), state_dict(), load_state_dict()
+    probes: torch.Tensor                   # inputs (token ids or float rows)
+    probe_table: pd.DataFrame              # probe -> what it is (word, image row, label)
     input_cosines: np.ndarray              # cosine between the probes' inputs (rho^(1))
     info: dict
+    vocab: object = None                   # text8 tasks: the Vocabulary
 
 
-# -- data ------------------------------------------------------------------------------------
 def probe_seed(seed: int) -> int:
     return seed + 2
 
@@ -70,12 +86,13 @@ def text8_task(recipe: Recipe) -> Task:
         probes=probe_ids, probe_table=table,
         input_cosines=np.eye(n_probes),  # distinct one-hot vectors are orthogonal
         info={"tokens": len(tokens), "tokens_in_vocab": int(len(ids)), "vocab_size": V,
-              "vocab_coverage": float(len(ids) / max(1, len(tokens))), "window": d.window,
+              "vocab_coverage": round(float(len(ids) / max(1, len(tokens))), 4), "window": d.window,
               "probes": f"{n_probes} distinct vocabulary tokens sampled with seed {probe_seed(recipe.seed)}"},
+        vocab=vocab,
     )
 
 
-class _ArraySampler:
+class ArraySampler:
     """Uniform minibatches (with replacement) of rows of (x, y), from a private generator."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
@@ -98,8 +115,8 @@ def mnist_task(recipe: Recipe) -> Task:
     from . import mnist
 
     d = recipe.data
-    x, labels = mnist.load_mnist_subset(d.n_train, seed=recipe.seed, train=True,
-                                        root=d.mnist_root or None, data_dir=d.data_dir, download=d.download)
+    x, labels = mnist.load_subset(d.n_train, seed=recipe.seed, train=True, root=d.mnist_root or None,
+                                  data_dir=d.data_dir, download=d.download)
     y = torch.nn.functional.one_hot(labels.long(), 10).to(x.dtype)
     n_probes = d.n_probes or len(x)
     g = torch.Generator().manual_seed(probe_seed(recipe.seed))
@@ -110,7 +127,7 @@ def mnist_task(recipe: Recipe) -> Task:
     cos = (probes.double() @ probes.double().T).clamp(-1, 1).numpy()
     return Task(
         name="mnist", in_features=x.shape[1], out_features=10,
-        make_sampler=lambda seed: _ArraySampler(x, y, recipe.train.batch_size, seed),
+        make_sampler=lambda seed: ArraySampler(x, y, recipe.train.batch_size, seed),
         probes=probes, probe_table=table, input_cosines=cos,
         info={"n_train": len(x), "probes": f"{n_probes} training images sampled with seed {probe_seed(recipe.seed)}"},
     )
@@ -120,20 +137,40 @@ def make_task(recipe: Recipe) -> Task:
     return mnist_task(recipe) if recipe.data.dataset == "mnist" else text8_task(recipe)
 
 
-# -- one width ---------------------------------------------------------------------------------
+# -- cells ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a recipe."""
+
+    parameterization: str
+    seed: int
+    width: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.parameterization}-s{self.seed}-w{self.width}"
+
+    def keys(self) -> dict:
+        return {"parameterization": self.parameterization, "seed": self.seed, "width": self.width}
+
+
+def recipe_cells(recipe: Recipe) -> list[Cell]:
+    return [Cell(p, s, w) for p, s, w in itertools.product(recipe.parameterizations, recipe.seed_list, recipe.model.widths)]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+        raise RecipeError("device 'cuda' requested but CUDA is not available here; use --device cpu or auto")
     return torch.device(name)
 
 
-def build_model(recipe: Recipe, task: Task, width: int, device: torch.device) -> NTKMLP:
+def build_model(recipe: Recipe, task: Task, cell: Cell, device: torch.device) -> NTKMLP:
     m = recipe.model
-    return NTKMLP(task.in_features, width, task.out_features, depth=m.depth,
-                  parameterization=m.parameterization, input_scale=m.input_scale,
-                  seed=recipe.seed, device=device)
+    return NTKMLP(task.in_features, cell.width, task.out_features, depth=m.depth,
+                  parameterization=cell.parameterization, input_scale=m.input_scale,
+                  seed=cell.seed, device=device)
 
 
 def make_recorder(recipe: Recipe, model: NTKMLP, task: Task) -> DriftRecorder:
@@ -144,63 +181,127 @@ def make_recorder(recipe: Recipe, model: NTKMLP, task: Task) -> DriftRecorder:
                          probe_batch_size=r.probe_batch_size)
 
 
+class Checkpointer:
+    """Saves a cell's state every ``every_steps`` steps or ``every_minutes`` minutes, atomically."""
+
+    def __init__(self, path: Path, every_steps: int, every_minutes: float, fingerprint: str):
+        self.path, self.every_steps, self.every_seconds = path, every_steps, every_minutes * 60
+        self.fingerprint = fingerprint
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        return bool(self.every_seconds) and time.monotonic() - self.last >= self.every_seconds
+
+    def save(self, payload: dict) -> None:
+        with atomic_write(self.path, "wb") as f:
+            torch.save({**payload, "fingerprint": self.fingerprint}, f)
+        self.last = time.monotonic()
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != self.fingerprint:
+            raise RecipeError(f"{self.path}: this checkpoint was written by a different recipe or cell; "
+                              "delete it or write to another --out folder")
+        return state
+
+
+def recipe_fingerprint(recipe: Recipe, cell: Cell) -> str:
+    """What must not change between a run and its resumption (checkpoint cadence and device may)."""
+    d = recipe.to_dict()
+    for key in ("checkpoint", "device", "description", "seeds"):
+        d.pop(key, None)
+    d["model"].pop("widths")
+    d["model"].pop("parameterization")
+    d.pop("seed")
+    d["cell"] = cell.keys()
+    d["probe_seed"] = probe_seed(recipe.seed)
+    return json.dumps(d, sort_keys=True)
+
+
 def _to_device(batch, device):
     return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
-@dataclass
-class WidthResult:
-    width: int
-    recorder: DriftRecorder
-    state: TrainState
-    seconds: float
-    status: str
-    error: str = ""
-    floor: DriftRecorder | None = None
-
-
-def run_width(recipe: Recipe, task: Task, width: int, device: torch.device, progress: bool = True) -> WidthResult:
-    """Train one width with the recorder on its schedule; returns the recorder and the losses."""
+def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_dir: Path,
+             resume: bool = False, progress: bool = True) -> dict:
+    """Train one cell with the recorder on its schedule; write the cell's CSVs and cell.json."""
     t = recipe.train
-    model = build_model(recipe, task, width, device)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(recipe, task, cell, device)
     rec = make_recorder(recipe, model, task)
-    sampler = task.make_sampler(sampler_seed(recipe.seed))
-    schedule = set(log_schedule(t.steps, recipe.record.points))
+    sampler = task.make_sampler(sampler_seed(cell.seed))
+    schedule = log_schedule(t.steps, recipe.record.points)
+    ckpt = Checkpointer(cell_dir / "checkpoint.pt", recipe.checkpoint.every_steps,
+                        recipe.checkpoint.every_minutes, recipe_fingerprint(recipe, cell))
+    state = TrainState()
+    saved = ckpt.load() if resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        sampler.load_state_dict(saved["sampler"])
+        rec.load_state_dict(saved["recorder"])
+        state = TrainState(step=int(saved["step"]), losses=[(int(s), float(v)) for s, v in saved["losses"]])
+        torch.set_rng_state(saved["torch_rng"])
+    elapsed_before = float(saved["seconds"]) if saved else 0.0
+    start = time.perf_counter()
     latest = {}
 
+    def checkpoint(step: int) -> None:
+        ckpt.save({"step": step, "losses": [list(x) for x in state.losses], "model": model.state_dict(),
+                   "sampler": sampler.state_dict(), "recorder": rec.state_dict(),
+                   "torch_rng": torch.get_rng_state(), "seconds": elapsed_before + time.perf_counter() - start})
+
     def on_step(step: int, loss: float) -> None:
-        if step in schedule:
+        if step in schedule_set:
             rec.record(step)
             l2 = rec._drift[-1]["l2"]
             if not np.all(np.isfinite(l2)):
-                raise DivergenceError(step, float("nan"), t.lr, what=f"{rec.layers[-1]} activation")
+                raise DivergenceError(step, loss, t.lr, what=f"{rec.layers[-1]} activation")
             latest["l2"] = f"{np.mean(l2):.4g}"
+        if ckpt.due(step) and step < t.steps:
+            checkpoint(step)
 
-    start = time.perf_counter()
-    state = TrainState()
+    schedule_set = set(schedule)
     status, error = "completed", ""
     with rec:
-        rec.record(0)
+        if state.step == 0:
+            rec.record(0)
         try:
             state = train(model, lambda: _to_device(sampler.next_batch(), device), t.steps, t.lr,
-                          on_step=on_step, fused=t.fused_sgd, progress=progress,
-                          desc=f"width {width}", postfix=lambda: {"l2": latest.get("l2", "-")})
+                          on_step=on_step, fused=t.fused_sgd, state=state, progress=progress,
+                          desc=cell.name, postfix=lambda: {"l2": latest.get("l2", "-")})
         except DivergenceError as e:
             status, error = "diverged", str(e)
-    seconds = time.perf_counter() - start
-    result = WidthResult(width, rec, state, seconds, status, error)
+        extras = after_training(recipe, task, cell, model, rec, cell_dir) if status == "completed" else {}
+    seconds = elapsed_before + time.perf_counter() - start
     del model
+    floor = None
     if recipe.record.noise_floor and status == "completed":
-        result.floor = record_noise_floor(recipe, task, width, device, sorted(schedule))
-    return result
+        floor = record_noise_floor(recipe, task, cell, device, schedule)
+    write_cell_outputs(cell, rec, state, floor, task, cell_dir)
+    info = {**cell.keys(), "status": status, "error": error, "steps_done": state.step,
+            "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(1, state.step), 6),
+            "final_loss": state.losses[-1][1] if state.losses else None, **extras}
+    write_json(info, cell_dir / "cell.json")
+    if status == "completed":
+        ckpt.path.unlink(missing_ok=True)  # the CSVs now hold everything it held
+    return info
 
 
-def record_noise_floor(recipe: Recipe, task: Task, width: int, device: torch.device, steps: list[int]) -> DriftRecorder:
+def after_training(recipe: Recipe, task: Task, cell: Cell, model, rec: DriftRecorder, cell_dir: Path) -> dict:
+    """Evaluations that need the trained model before it is freed; returns fields for cell.json."""
+    return {}
+
+
+def record_noise_floor(recipe: Recipe, task: Task, cell: Cell, device: torch.device, steps: list[int]) -> DriftRecorder:
     """Record an untouched copy of the model (rebuilt from the seed) at the same steps.
 
     Whatever it measures is evaluation noise (nondeterministic kernels, TF32); on CPU it is 0.
     """
-    model = build_model(recipe, task, width, device)
+    model = build_model(recipe, task, cell, device)
     rec = make_recorder(recipe, model, task)
     with rec:
         for step in steps:
@@ -208,11 +309,25 @@ def record_noise_floor(recipe: Recipe, task: Task, width: int, device: torch.dev
     return rec
 
 
-# -- outputs -------------------------------------------------------------------------------------
-def with_width(frame: pd.DataFrame, width: int) -> pd.DataFrame:
-    return frame.assign(width=width)[["width", *frame.columns]]
+def write_cell_outputs(cell: Cell, rec: DriftRecorder, state: TrainState, floor: DriftRecorder | None,
+                       task: Task, cell_dir: Path) -> None:
+    from . import report
+
+    write_csv(rec.frame(), cell_dir / "drift.csv")
+    write_csv(rec.summary(), cell_dir / "summary.csv")
+    write_csv(rec.neurons(), cell_dir / "neurons.csv")
+    write_csv(pd.DataFrame(state.losses, columns=["step", "loss"]), cell_dir / "losses.csv")
+    if rec.pairs is not None:
+        gram = rec.gram_frame()
+        write_csv(gram, cell_dir / "gram.csv")
+        theory = report.init_theory(gram, task.input_cosines)
+        if len(theory):
+            write_csv(theory, cell_dir / "init_theory.csv")
+    if floor is not None:
+        write_csv(report.noise_floor(floor), cell_dir / "noise_floor.csv")
 
 
+# -- the whole recipe ----------------------------------------------------------------------------
 def environment() -> dict:
     import gensim
     import pandas
@@ -220,11 +335,12 @@ def environment() -> dict:
 
     from . import __version__
 
+    here = Path(__file__).parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5,
-                                    cwd=Path(__file__).parent).stdout.strip())
+                                cwd=here).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                                    timeout=5, cwd=here).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", False
     return {
@@ -236,57 +352,48 @@ def environment() -> dict:
 
 
 def device_info(device: torch.device) -> dict:
-    info = {"device": str(device), "threads": torch.get_num_threads()}
+    info = {"device": str(device), "torch_threads": torch.get_num_threads(),
+            "tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    info["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     return info
 
 
-def run_recipe(recipe: Recipe, out_dir: str | Path, device: str | None = None, progress: bool = True) -> dict:
-    """Run every width of ``recipe`` and write all outputs to ``out_dir``; returns run.json's content."""
+def run_recipe(recipe: Recipe, out_dir: str | Path, device: str | None = None, progress: bool = True,
+               resume: bool = False, cells: list[Cell] | None = None) -> dict:
+    """Run the recipe's cells (or the given subset) and write every output; returns run.json's content."""
     from . import report
 
     out = Path(out_dir)
     dev = resolve_device(device or recipe.device)
     torch.backends.cuda.matmul.allow_tf32 = recipe.train.tf32
     torch.backends.cudnn.allow_tf32 = recipe.train.tf32
+    cells = recipe_cells(recipe) if cells is None else cells
+    if not resume:  # a fresh run replaces this folder's earlier results for these cells
+        for cell in cells:
+            shutil.rmtree(out / "cells" / cell.name, ignore_errors=True)
     started = time.time()
     run = {"recipe": recipe.to_dict(), "recipe_path": recipe.path, "seed": recipe.seed, "status": "running",
-           **environment(), **device_info(dev), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+           "resumed": resume, **environment(), **device_info(dev), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(run, out / "run.json")
-
     task = make_task(recipe)
     run["data"] = task.info
     write_csv(task.probe_table, out / "probes.csv")
-    results: list[WidthResult] = []
-    for width in recipe.model.widths:
-        res = run_width(recipe, task, width, dev, progress=progress)
-        results.append(res)
-        run.setdefault("widths", []).append({"width": width, "seconds": round(res.seconds, 3),
-                                             "seconds_per_step": round(res.seconds / max(1, res.state.step), 5),
-                                             "steps_done": res.state.step, "status": res.status,
-                                             "final_loss": res.state.losses[-1][1] if res.state.losses else None})
-        write_outputs(recipe, task, results, out)  # after every width, so a later failure loses nothing
-        if res.status != "completed":
-            run["status"], run["error"] = res.status, res.error
+    run["cells"] = []
+    for cell in cells:
+        cell_dir = out / "cells" / cell.name
+        done = cell_dir / "cell.json"
+        if resume and done.is_file() and json.loads(done.read_text()).get("status") == "completed":
+            info = json.loads(done.read_text())
+        else:
+            info = run_cell(recipe, task, cell, dev, cell_dir, resume=resume, progress=progress)
+        run["cells"].append(info)
+        report.aggregate(out, recipe, task.info)  # after every cell, so a later failure loses nothing
+        if info["status"] != "completed":
+            run["status"], run["error"] = info["status"], info["error"]
             break
     else:
         run["status"] = "completed"
     run["wall_seconds"] = round(time.time() - started, 3)
     write_json(run, out / "run.json")
-    report.write_table1(recipe, results, out, task)
     return run
-
-
-def write_outputs(recipe: Recipe, task: Task, results: list[WidthResult], out: Path) -> None:
-    """drift.csv, summary.csv, neurons.csv, losses.csv and the Gram / theory / noise-floor files."""
-    from . import report
-
-    write_csv(pd.concat([with_width(r.recorder.frame(), r.width) for r in results]), out / "drift.csv")
-    write_csv(pd.concat([with_width(r.recorder.summary(), r.width) for r in results]), out / "summary.csv")
-    write_csv(pd.concat([with_width(r.recorder.neurons(), r.width) for r in results]), out / "neurons.csv")
-    write_csv(pd.concat([pd.DataFrame(r.state.losses, columns=["step", "loss"]).assign(width=r.width)
-                         [["width", "step", "loss"]] for r in results]), out / "losses.csv")
-    if any(r.recorder.pairs is not None for r in results):
-        report.write_gram_outputs(results, task, out)

@@ -1,7 +1,13 @@
-"""Tables for people: Table 1 in the paper's layout, Gram-change summaries, the init theory check."""
+"""Tables for people: the cells of a run combined, Table 1 in the paper's layout, Gram summaries.
+
+:func:`aggregate` reads ``OUT/cells/*/`` and writes the combined CSVs at the top of ``OUT``.
+Rows carry the cell's ``width``; ``parameterization`` and ``seed`` columns are added in front
+when a run has more than one of them.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -16,133 +22,188 @@ PAPER_TABLE1 = {
     10000: {"l2": (4.8989, 1.0250), "linf": (0.0955, 0.0189), "ratio": (51.1774, 0.7959)},
     30000: {"l2": (10.5614, 2.3419), "linf": (0.1375, 0.0286), "ratio": (76.5406, 1.5052)},
 }
-MEASURE_LABELS = {"l2": "‖h_t − h_0‖₂", "linf": "max_i |h_t,i − h_0,i|", "ratio": "‖h_t − h_0‖₂ / max_i |h_t,i − h_0,i|"}
+MEASURE_LABELS = {"l2": "‖h_t − h_0‖₂", "linf": "max_i |h_t,i − h_0,i|",
+                  "ratio": "‖h_t − h_0‖₂ / max_i |h_t,i − h_0,i|"}
+CELL_FILES = ("drift", "summary", "neurons", "losses", "gram", "init_theory", "noise_floor")
 
 
-def final_summary(results) -> pd.DataFrame:
-    """Per width and measure: mean, s.d., probe count at each width's last recorded step."""
-    rows = []
-    for r in results:
-        s = r.recorder.summary()
-        if s.empty:
+# -- per cell ----------------------------------------------------------------------------------
+def hidden_index(layer: str) -> int | None:
+    m = re.fullmatch(r"hidden\.(\d+)", layer)
+    return int(m.group(1)) if m else None
+
+
+def init_theory(gram: pd.DataFrame, input_cosines: np.ndarray) -> pd.DataFrame:
+    """Measured cosine of each pair at t = 0 beside the infinite-width prediction h^(k+1)(rho^(1)).
+
+    Only for NTKMLP hidden layers ``hidden.k`` (Proposition 2, Definition 5; footnote 5).
+    """
+    from .kernels import feature_cosine
+
+    g0 = gram[gram.step == gram.step.min()]
+    parts = []
+    for layer, gl in g0.groupby("layer"):
+        k = hidden_index(layer)
+        if k is None:
             continue
-        layer = r.recorder.layers[-1]
-        s = s[s.layer == layer]
-        last = s[s.step == s.step.max()]
-        for _, row in last.iterrows():
-            rows.append({"width": r.width, "layer": layer, "step": int(row.step), "measure": row.measure,
-                         "mean": row["mean"], "std": row["std"], "n_probes": int(row.n_probes)})
+        i, j = gl.i.to_numpy(), gl.j.to_numpy()
+        rho = input_cosines[i, j]
+        parts.append(pd.DataFrame({"layer": layer, "i": i, "j": j, "rho_input": rho,
+                                   "predicted": feature_cosine(rho, k), "measured": gl.cosine.to_numpy()}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def noise_floor(rec) -> pd.DataFrame:
+    """What an untouched copy of the model shows: the largest l2, linf and |G_t - G_0| per layer."""
+    d, g = rec.frame(), rec.gram_frame()
+    rows = []
+    for layer in rec.layers:
+        dl = d[d.layer == layer]
+        gl = g[g.layer == layer]
+        rows += [{"layer": layer, "measure": "l2_max", "value": float(dl.l2.max())},
+                 {"layer": layer, "measure": "linf_max", "value": float(dl.linf.max())},
+                 {"layer": layer, "measure": "gram_max_change",
+                  "value": float((gl.inner - gl.inner0).abs().max()) if len(gl) else float("nan")}]
     return pd.DataFrame(rows)
+
+
+# -- combining cells ------------------------------------------------------------------------------
+def read_cells(*dirs: Path) -> list[tuple[dict, Path]]:
+    """(cell.json content, folder) for every cell under ``dir/cells/``, in a stable order."""
+    found = []
+    for d in dirs:
+        for info_path in sorted(Path(d).glob("cells/*/cell.json")):
+            found.append((json.loads(info_path.read_text()), info_path.parent))
+    found.sort(key=lambda item: (item[0]["parameterization"], item[0]["seed"], item[0]["width"]))
+    return found
+
+
+def key_columns(infos: list[dict]) -> list[str]:
+    keys = [k for k in ("parameterization", "seed") if len({i[k] for i in infos}) > 1]
+    return keys + ["width"]
+
+
+def combine(cells: list[tuple[dict, Path]], name: str, keys: list[str]) -> pd.DataFrame:
+    parts = []
+    for info, folder in cells:
+        path = folder / f"{name}.csv"
+        if path.is_file() and path.stat().st_size > 1:
+            f = pd.read_csv(path)
+            parts.append(f.assign(**{k: info[k] for k in keys})[keys + list(f.columns)])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def aggregate(out: Path, recipe=None, info: dict | None = None, *, sources: list[Path] | None = None) -> dict[str, pd.DataFrame]:
+    """Combine the cells found under ``sources`` (default ``out``) into ``out``'s top-level files."""
+    out = Path(out)
+    cells = read_cells(*(sources or [out]))
+    if not cells:
+        return {}
+    keys = key_columns([c[0] for c in cells])
+    frames = {name: combine(cells, name, keys) for name in CELL_FILES}
+    for name, frame in frames.items():
+        if len(frame):
+            write_csv(frame, out / f"{name}.csv")
+    if len(frames["gram"]):
+        write_csv(gram_summary(frames["gram"], frames["noise_floor"], keys), out / "gram_summary.csv")
+    if len(frames["init_theory"]):
+        write_csv(init_theory_summary(frames["init_theory"], keys), out / "init_theory_summary.csv")
+    final = final_summary(frames["summary"], keys)
+    if recipe is not None and len(final) and keys == ["width"]:
+        write_text(table1_markdown(recipe, final, info or {}), out / "table1.md")
+    return frames
+
+
+def gram_summary(gram: pd.DataFrame, floor: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per cell and layer: how many pairs' inner products moved beyond the noise floor, and how much."""
+    rows = []
+    for group, g in gram.groupby(keys + ["layer"]):
+        group = dict(zip(keys + ["layer"], group if isinstance(group, tuple) else (group,)))
+        stats = metrics.pair_change_stats(g)
+        f = floor
+        for k, v in group.items():
+            f = f[f[k] == v] if len(f) else f
+        fl = f[f.measure == "gram_max_change"].value if len(f) else pd.Series(dtype=float)
+        level = float(fl.iloc[0]) if len(fl) else float("nan")
+        last = g[g.step == g.step.max()]
+        rows.append({**group, "step": int(g.step.max()), "n_pairs": len(stats), "noise_floor": level,
+                     "frac_moved": float((stats.max_change > (level if np.isfinite(level) else 0.0)).mean()),
+                     "median_rel_change": float(stats.rel_change.median()),
+                     "mean_rel_change": float(stats.rel_change.mean()),
+                     "median_max_change": float(stats.max_change.median()),
+                     "median_total_variation": float(stats.total_variation.median()),
+                     "mean_abs_inner0": float(last.inner0.abs().mean()),
+                     "mean_abs_cross": float(last.cross.abs().mean()),
+                     "mean_abs_quadratic": float(last.quadratic.abs().mean()),
+                     "mean_cosine0": float(g[g.step == g.step.min()].cosine.mean()),
+                     "mean_cosine": float(last.cosine.mean())})
+    return pd.DataFrame(rows)
+
+
+def init_theory_summary(theory: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    t = theory.assign(abs_error=(theory.measured - theory.predicted).abs())
+    return (t.groupby(keys + ["layer"]).agg(n_pairs=("i", "size"), predicted_mean=("predicted", "mean"),
+                                            measured_mean=("measured", "mean"), measured_sd=("measured", "std"),
+                                            mean_abs_error=("abs_error", "mean"), max_abs_error=("abs_error", "max"))
+            .reset_index())
+
+
+# -- Table 1 ---------------------------------------------------------------------------------------
+def final_summary(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Rows of summary.csv at each cell's last recorded step, for its last recorded layer."""
+    if summary.empty:
+        return summary
+    layer = sorted(summary.layer.unique())[-1]
+    s = summary[summary.layer == layer]
+    last = s.groupby(keys).step.transform("max")
+    return s[s.step == last].reset_index(drop=True)
 
 
 def observations(final: pd.DataFrame) -> list[str]:
     """The paper's three observations, checked on our numbers (smallest vs largest width)."""
     if final.empty or final.width.nunique() < 2:
         return ["(one width only: the width comparisons need two)"]
-    get = lambda w, m: float(final[(final.width == w) & (final.measure == m)]["mean"].iloc[0])  # noqa: E731
-    small, large = final.width.min(), final.width.max()
+
+    def get(w, m):
+        return float(final[(final.width == w) & (final.measure == m)]["mean"].iloc[0])
+
+    widths = sorted(final.width.unique())
+    small, large = widths[0], widths[-1]
     l2s, l2l = get(small, "l2"), get(large, "l2")
-    out = [f"1. Aggregate deviation {'does not shrink' if l2l >= l2s else 'shrinks'} from width {small} "
-           f"to {large}: mean l2 {l2s:.4g} -> {l2l:.4g} (x{l2l / l2s:.3g}).",
-           "2. Per-neuron maximum vs aggregate: " + "; ".join(
-               f"width {w}: linf/l2 = {get(w, 'linf') / get(w, 'l2'):.3g}" for w in sorted(final.width.unique()))
-           + (" (far below)" if all(get(w, "linf") < 0.1 * get(w, "l2") for w in final.width.unique()) else ""),
-           f"3. Ratio l2/linf {'grows' if get(large, 'ratio') > get(small, 'ratio') else 'does not grow'} with width: "
-           f"{get(small, 'ratio'):.4g} -> {get(large, 'ratio'):.4g} "
-           f"(sqrt of the width ratio would be x{np.sqrt(large / small):.3g}, measured x{get(large, 'ratio') / get(small, 'ratio'):.3g})."]
-    return out
+    rs, rl = get(small, "ratio"), get(large, "ratio")
+    far = all(get(w, "linf") < 0.1 * get(w, "l2") for w in widths)
+    return [
+        f"Aggregate deviation {'does not shrink' if l2l >= l2s else 'shrinks'} from width {small} to {large}: "
+        f"mean l2 {l2s:.4g} -> {l2l:.4g} (x{l2l / l2s:.3g}).",
+        "Per-neuron maximum vs aggregate: " + "; ".join(f"width {w}: linf / l2 = {get(w, 'linf') / get(w, 'l2'):.3g}"
+                                                       for w in widths)
+        + (" (below a tenth at every width)" if far else " (not below a tenth at every width)"),
+        f"The ratio l2 / linf {'grows' if rl > rs else 'does not grow'} with width: {rs:.4g} -> {rl:.4g} "
+        f"(x{rl / rs:.3g}; sqrt of the width ratio is {np.sqrt(large / small):.3g}).",
+    ]
 
 
 def table1_markdown(recipe, final: pd.DataFrame, info: dict) -> str:
-    widths = sorted(final.width.unique()) if not final.empty else []
-    cell = lambda w, m: "{:.4f} ({:.4f})".format(*final[(final.width == w) & (final.measure == m)][["mean", "std"]].iloc[0])  # noqa: E731
-    head = "| Measure, mean (s.d.) | " + " | ".join(f"ours, width = {w}" for w in widths) \
-        + " | paper, width = 10K | paper, width = 30K |"
+    widths = sorted(final.width.unique())
+
+    def cell(w, m):
+        row = final[(final.width == w) & (final.measure == m)].iloc[0]
+        return f"{row['mean']:.4f} ({row['std']:.4f})"
+
+    head = ("| Measure, mean (s.d.) | " + " | ".join(f"ours, width = {w}" for w in widths)
+            + " | paper, width = 10K | paper, width = 30K |")
+    step = int(final.step.max())
     lines = [f"# Table 1: {recipe.name}", "",
-             f"Last hidden layer ({final.layer.iloc[0] if widths else '-'}) of a {recipe.model.depth}-hidden-layer ReLU "
-             f"network ({recipe.model.parameterization} parameterization, input scale {recipe.model.input_scale}), "
-             f"trained on {recipe.data.dataset} with SGD, lr = {recipe.train.lr}, batch {recipe.train.batch_size}, "
-             f"for {recipe.train.steps} steps; statistics over the probes at the last step "
-             f"({info.get('probes', '')}).", "",
+             f"Last hidden layer ({final.layer.iloc[0]}) of a {recipe.model.depth}-hidden-layer ReLU network "
+             f"({'/'.join(recipe.parameterizations)} parameterization, input scale {recipe.model.input_scale}) "
+             f"trained on {recipe.data.dataset} (skip-gram, V = {info.get('vocab_size', recipe.data.vocab_size)}) "
+             f"with SGD, lr = {recipe.train.lr}, batch {recipe.train.batch_size}, seed {recipe.seed}; "
+             f"h_t at step t = {step}. Mean (sample s.d.) over {info.get('probes', 'the probes')}.", "",
              head, "|" + "---|" * (len(widths) + 3)]
     for m in ("l2", "linf", "ratio"):
         paper = [PAPER_TABLE1[w][m] for w in (10000, 30000)]
         lines.append(f"| {MEASURE_LABELS[m]} | " + " | ".join(cell(w, m) for w in widths) + " | "
                      + " | ".join(f"{a:.4f} ({b:.4f})" for a, b in paper) + " |")
-    lines += ["", "Observations (computed from the numbers above):", ""] + [f"- {o}" for o in observations(final)]
+    lines += ["", "The paper's observations, checked on our numbers:", ""]
+    lines += [f"{k}. {o}" for k, o in enumerate(observations(final), 1)]
     return "\n".join(lines) + "\n"
-
-
-def write_table1(recipe, results, out: Path, task) -> None:
-    final = final_summary(results)
-    if final.empty:
-        return
-    write_text(table1_markdown(recipe, final, task.info), out / "table1.md")
-
-
-# -- Gram trajectories ---------------------------------------------------------------------------
-def hidden_index(layer: str) -> int | None:
-    m = re.fullmatch(r"hidden\.(\d+)", layer)
-    return int(m.group(1)) if m else None
-
-
-def noise_floor_value(floor_rec) -> dict[str, float]:
-    """Largest |G_t - G_0| and largest l2 the untouched copy shows, per layer."""
-    out = {}
-    if floor_rec is None:
-        return out
-    g = floor_rec.gram_frame()
-    d = floor_rec.frame()
-    for layer in floor_rec.layers:
-        gl = g[g.layer == layer]
-        out[layer] = {"gram": float((gl.inner - gl.inner0).abs().max()) if len(gl) else float("nan"),
-                      "l2": float(d[d.layer == layer].l2.max())}
-    return out
-
-
-def write_gram_outputs(results, task, out: Path) -> None:
-    """gram.csv, gram_summary.csv (non-constancy vs the noise floor) and init_theory.csv."""
-    from .kernels import feature_cosine
-
-    frames, summaries, theory = [], [], []
-    for r in results:
-        g = r.recorder.gram_frame()
-        if g.empty:
-            continue
-        frames.append(g.assign(width=r.width)[["width", *g.columns]])
-        stats = metrics.pair_change_stats(g)
-        floors = noise_floor_value(r.floor)
-        last = g[g.step == g.step.max()]
-        for layer, s in stats.groupby("layer"):
-            floor = floors.get(layer, {}).get("gram", float("nan"))
-            ll = last[last.layer == layer]
-            summaries.append({
-                "width": r.width, "layer": layer, "step": int(g.step.max()), "n_pairs": len(s),
-                "noise_floor": floor, "noise_floor_l2": floors.get(layer, {}).get("l2", float("nan")),
-                "frac_moved": float((s.max_change > (floor if np.isfinite(floor) else 0.0)).mean()),
-                "median_rel_change": float(s.rel_change.median()), "mean_rel_change": float(s.rel_change.mean()),
-                "median_total_variation": float(s.total_variation.median()),
-                "median_max_change": float(s.max_change.median()),
-                "mean_abs_inner0": float(ll.inner0.abs().mean()), "mean_abs_cross": float(ll.cross.abs().mean()),
-                "mean_abs_quadratic": float(ll.quadratic.abs().mean())})
-        g0 = g[g.step == g.step.min()]
-        for layer, gl in g0.groupby("layer"):
-            k = hidden_index(layer)
-            if k is None:
-                continue
-            rho_in = task.input_cosines[gl.i.to_numpy(), gl.j.to_numpy()]
-            theory.append(pd.DataFrame({"width": r.width, "layer": layer, "i": gl.i.to_numpy(), "j": gl.j.to_numpy(),
-                                        "rho_input": rho_in, "predicted": feature_cosine(rho_in, k),
-                                        "measured": gl.cosine.to_numpy()}))
-    if frames:
-        write_csv(pd.concat(frames, ignore_index=True), out / "gram.csv")
-        write_csv(pd.DataFrame(summaries), out / "gram_summary.csv")
-    if theory:
-        t = pd.concat(theory, ignore_index=True)
-        write_csv(t, out / "init_theory.csv")
-        agg = (t.assign(abs_err=(t.measured - t.predicted).abs())
-               .groupby(["width", "layer"]).agg(n_pairs=("i", "size"), predicted_mean=("predicted", "mean"),
-                                                measured_mean=("measured", "mean"), measured_sd=("measured", "std"),
-                                                mean_abs_error=("abs_err", "mean"), max_abs_error=("abs_err", "max"))
-               .reset_index())
-        write_csv(agg, out / "init_theory_summary.csv")

@@ -1,0 +1,125 @@
+"""Figures from a results folder: ``lazydrift plot RESULTS_DIR`` writes PNGs beside the CSVs.
+
+* ``drift.png``: mean l2 and linf (with +-1 s.d. bands over probes) against the training step,
+  one line per width, log-log axes;
+* ``gram.png``: a few pairs' inner products <h_t(x_i), h_t(x_j)> against the step, with the
+  infinite-width prediction at t = 0 (``init_theory.csv``) as a dashed line;
+* ``neurons.png``: the distribution over neurons of the mean |h_t,i - h_0,i| at the last step.
+
+Sized for a paper column (3.4 in wide panels) with labelled axes and the widths in the legend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .export import atomic_write
+
+PANEL = (3.4, 2.6)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "legend.fontsize": 7, "figure.dpi": 150})
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", bbox_inches="tight")
+    return path
+
+
+def plot_drift(summary: pd.DataFrame, path: Path, layer: str | None = None) -> Path:
+    plt = _pyplot()
+    layer = layer or sorted(summary.layer.unique())[-1]
+    s = summary[(summary.layer == layer) & (summary.step > 0)]
+    fig, axes = plt.subplots(1, 2, figsize=(2 * PANEL[0], PANEL[1]))
+    for ax, measure, label in ((axes[0], "l2", r"$\|h_t - h_0\|_2$"),
+                               (axes[1], "linf", r"$\max_i |h_{t,i} - h_{0,i}|$")):
+        for width, g in s[s.measure == measure].groupby("width"):
+            g = g.sort_values("step")
+            line, = ax.plot(g.step, g["mean"], marker=".", ms=3, label=f"width {width}")
+            sd = g["std"].fillna(0)
+            ax.fill_between(g.step, (g["mean"] - sd).clip(lower=1e-12), g["mean"] + sd,
+                            color=line.get_color(), alpha=0.2, lw=0)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step t")
+        ax.set_ylabel(label)
+        ax.set_title(f"{layer}: mean ± s.d. over probes")
+        ax.legend()
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, n_pairs: int = 4) -> Path:
+    plt = _pyplot()
+    widths = sorted(gram.width.unique())
+    layer = sorted(gram.layer.unique())[-1]
+    g = gram[gram.layer == layer]
+    # the pairs whose inner product changed most at the largest width, for visibility
+    last = g[(g.width == widths[-1]) & (g.step == g[g.width == widths[-1]].step.max())]
+    pick = last.assign(change=(last.inner - last.inner0).abs()).nlargest(n_pairs, "change")[["i", "j"]]
+    fig, axes = plt.subplots(1, len(widths), figsize=(PANEL[0] * len(widths), PANEL[1]), squeeze=False)
+    for ax, width in zip(axes[0], widths):
+        gw = g[g.width == width]
+        for _, (i, j) in pick.iterrows():
+            traj = gw[(gw.i == i) & (gw.j == j)].sort_values("step")
+            line, = ax.plot(traj.step.clip(lower=0.5), traj.cosine, marker=".", ms=3, label=f"pair ({i}, {j})")
+            if theory is not None and len(theory):
+                t = theory[(theory.width == width) & (theory.layer == layer) & (theory.i == i) & (theory.j == j)]
+                if len(t):
+                    ax.axhline(float(t.predicted.iloc[0]), color=line.get_color(), ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training step t (0 drawn at 0.5)")
+        ax.set_ylabel(r"cosine of $h_t(x_i), h_t(x_j)$")
+        ax.set_title(f"{layer}, width {width} (dashed: theory at t = 0)")
+        ax.legend()
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_neurons(neurons: pd.DataFrame, path: Path) -> Path:
+    plt = _pyplot()
+    layer = sorted(neurons.layer.unique())[-1]
+    n = neurons[neurons.layer == layer]
+    fig, ax = plt.subplots(figsize=PANEL)
+    positive = n.mean_abs_dev[n.mean_abs_dev > 0]
+    bins = np.geomspace(positive.min(), positive.max(), 50) if len(positive) else 20
+    for width, g in n.groupby("width"):
+        ax.hist(g.mean_abs_dev, bins=bins, histtype="step", density=True, label=f"width {width}")
+    ax.set_xscale("log")
+    ax.set_xlabel(r"mean over probes of $|h_{t,i} - h_{0,i}|$ (last step)")
+    ax.set_ylabel("density over neurons i")
+    ax.set_title(layer)
+    ax.legend()
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_results(results_dir: str | Path) -> list[Path]:
+    """Write every figure the folder's CSVs allow; returns the paths written."""
+    d = Path(results_dir)
+    if not (d / "summary.csv").is_file():
+        raise FileNotFoundError(f"{d}: no summary.csv here; run `lazydrift run RECIPE --out {d}` first")
+    written = [plot_drift(pd.read_csv(d / "summary.csv"), d / "drift.png")]
+    if (d / "gram.csv").is_file():
+        theory = pd.read_csv(d / "init_theory.csv") if (d / "init_theory.csv").is_file() else None
+        written.append(plot_gram(pd.read_csv(d / "gram.csv"), theory, d / "gram.png"))
+    if (d / "neurons.csv").is_file():
+        written.append(plot_neurons(pd.read_csv(d / "neurons.csv"), d / "neurons.png"))
+    return written
