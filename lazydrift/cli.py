@@ -40,6 +40,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .plots import plot_results
+
+    try:
+        written = plot_results(args.results)
+    except FileNotFoundError as e:
+        return _error(str(e))
+    for path in written:
+        print(f"lazydrift: wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lazydrift", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in --out: skip finished cells, resume the rest from checkpoints")
     run.add_argument("--quiet", action="store_true", help="no progress bars or table")
     run.set_defaults(func=cmd_run)
+    plot = sub.add_parser("plot", help="write PNG figures for a results folder")
+    plot.add_argument("results", help="a folder written by `lazydrift run`")
+    plot.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -10,6 +10,7 @@ and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -187,8 +188,8 @@ def _check_type(value, hint, path, where: str):
             raise RecipeError(f"{path}: {where} must be a list of {item.__name__}, got {value!r}")
         return [_check_type(v, item, path, f"{where}[{k}]") for k, v in enumerate(value)]
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{path}: {where} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RecipeError(f"{path}: {where} must be a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -241,7 +242,7 @@ def _check_values(r: Recipe, path) -> None:
         if s < 0:
             fail(f"seeds[{k}]", f"must be >= 0, got {s}")
     choice("[model] input_scale", m.input_scale, ("embedding", "fan_in"))
-    if not t.lr > 0 or t.lr == float("inf"):
+    if not t.lr > 0:
         fail("[train] lr", f"must be a positive finite number, got {t.lr}")
     if c.every_minutes < 0:
         fail("[checkpoint] every_minutes", f"must be >= 0, got {c.every_minutes}")
