@@ -243,6 +243,14 @@ class DriftRecorder:
             written.append(write_csv(self.gram_frame(), directory / "gram.csv"))
         return written
 
+    def release_model(self) -> None:
+        """Drop the references to the model and probes (after the run); the results stay."""
+        if self._active:
+            raise RuntimeError("release_model() must be called after the `with` block")
+        self.model = None
+        self._modules = {}
+        self.probes = None
+
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """h_0 and every row recorded so far, as tensors and plain Python values."""
