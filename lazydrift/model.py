@@ -81,6 +81,11 @@ def layer_scalings(parameterization: str, in_features: int, width: int, depth: i
     return [first] + [hidden] * (depth - 1) + [readout]
 
 
+def scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * a @ b in one BLAS call (the scale rides on GEMM's alpha; beta = 0 ignores C)."""
+    return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=alpha)
+
+
 class _LinearSGD(torch.autograd.Function):
     """y = m * x @ W^T whose backward applies the SGD step to W in place (no gradient tensor)."""
 
@@ -88,7 +93,7 @@ class _LinearSGD(torch.autograd.Function):
     def forward(ctx, x, weight, multiplier, lr):
         ctx.save_for_backward(x, weight)
         ctx.multiplier, ctx.lr = multiplier, lr
-        return F.linear(x, weight) * multiplier
+        return scaled_mm(x, weight.t(), multiplier)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -96,7 +101,7 @@ class _LinearSGD(torch.autograd.Function):
         m = ctx.multiplier
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_out @ weight) * m  # uses W before its update below
+            grad_x = scaled_mm(grad_out, weight, m)  # uses W before its update below
         # W <- W - lr * dL/dW with dL/dW = m * grad_out^T x, accumulated straight into W.
         weight.addmm_(grad_out.t(), x, alpha=-ctx.lr * m)
         return grad_x, None, None, None
@@ -109,7 +114,7 @@ class _EmbeddingSGD(torch.autograd.Function):
     def forward(ctx, ids, weight, multiplier, lr):
         ctx.save_for_backward(ids)
         ctx.weight, ctx.multiplier, ctx.lr = weight, multiplier, lr
-        return F.embedding(ids, weight) * multiplier
+        return _lookup(ids, weight, multiplier)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -126,13 +131,18 @@ class _DenseInputSGD(torch.autograd.Function):
     def forward(ctx, x, weight, multiplier, lr):
         ctx.save_for_backward(x)
         ctx.weight, ctx.multiplier, ctx.lr = weight, multiplier, lr
-        return (x @ weight) * multiplier
+        return scaled_mm(x, weight, multiplier)
 
     @staticmethod
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
         ctx.weight.addmm_(x.t(), grad_out, alpha=-ctx.lr * ctx.multiplier)
         return None, None, None, None
+
+
+def _lookup(ids: torch.Tensor, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
+    rows = F.embedding(ids, weight)
+    return rows if multiplier == 1.0 else rows.mul_(multiplier)
 
 
 class ScaledLinear(nn.Module):
@@ -152,7 +162,7 @@ class ScaledLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sgd_lr is not None and torch.is_grad_enabled():
             return _LinearSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
-        return F.linear(x, self.weight) * self.multiplier
+        return scaled_mm(x, self.weight.t(), self.multiplier)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, multiplier={self.multiplier:.4g}"
@@ -183,10 +193,10 @@ class InputLayer(nn.Module):
         if not torch.is_floating_point(x):
             if fused:
                 return _EmbeddingSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
-            return F.embedding(x, self.weight) * self.multiplier
+            return _lookup(x, self.weight, self.multiplier)
         if fused:
             return _DenseInputSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
-        return (x @ self.weight) * self.multiplier
+        return scaled_mm(x, self.weight, self.multiplier)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, multiplier={self.multiplier:.4g}"

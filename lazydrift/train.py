@@ -45,18 +45,37 @@ def fused_sgd(model: nn.Module, lr: float) -> Iterator[None]:
             layer.sgd_lr = None
 
 
+class _MSELoss(torch.autograd.Function):
+    """(1/2B) ||f - y||^2 whose gradient (f - y)/B reuses the residual of the forward pass."""
+
+    @staticmethod
+    def forward(ctx, output, target):
+        batch = output.shape[0]
+        residual = output.detach().clone()
+        if torch.is_floating_point(target):
+            residual.sub_(target)
+        else:  # class ids stand for one-hot rows: subtract 1 at (b, y_b)
+            residual[torch.arange(batch, device=output.device), target] -= 1
+        flat = residual.view(-1)
+        ctx.save_for_backward(residual)
+        ctx.batch = batch
+        return torch.dot(flat, flat) * (0.5 / batch)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (residual,) = ctx.saved_tensors
+        return residual * (grad / ctx.batch), None
+
+
 def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The Euclidean loss averaged over the batch: (1/2B) sum_b ||f(x_b) - y_b||^2.
 
     ``target`` is either a dense tensor shaped like ``output`` or integer class ids, which
-    stand for one-hot rows; for ids the loss is expanded as ||f||^2 - 2 f_y + 1 so that no
-    one-hot matrix is built.
+    stand for one-hot rows (no one-hot matrix is built).
     """
-    batch = output.shape[0]
-    if torch.is_floating_point(target):
-        return 0.5 * (output - target).pow(2).sum() / batch
-    picked = output.gather(1, target.view(-1, 1)).sum()
-    return 0.5 * (output.pow(2).sum() - 2 * picked + batch) / batch
+    if output.dim() != 2:
+        raise ValueError(f"output must be (batch, outputs), got shape {tuple(output.shape)}")
+    return _MSELoss.apply(output, target)
 
 
 @dataclass

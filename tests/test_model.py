@@ -115,3 +115,14 @@ def test_check_input_names_expected_shape():
         model.check_input(torch.zeros(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="width"):
         NTKMLP(10, 0, 3)
+
+
+def test_mse_loss_gradient_matches_autograd_of_the_formula():
+    g = torch.Generator().manual_seed(3)
+    out = torch.randn(5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.tensor([0, 5, 2, 2, 1])
+    mse_loss(out, y).backward()
+    ref = out.detach().clone().requires_grad_(True)
+    (0.5 * ((ref - F.one_hot(y, 6).double()) ** 2).sum(1).mean()).backward()
+    torch.testing.assert_close(out.grad, ref.grad)
+    assert torch.autograd.gradcheck(lambda o: mse_loss(o, y), (ref.detach().clone().requires_grad_(True),))

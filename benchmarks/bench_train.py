@@ -1,0 +1,222 @@
+"""Training-step benchmarks: how close a step runs to the machine's GEMM floor, peak memory,
+and the recorder's overhead.  Everything is measured side by side in one run and printed as
+ratios, because these machines are noisy.
+
+    python benchmarks/bench_train.py            # widths 2000, 10000, 30000 (CPU: ~10 minutes)
+    python benchmarks/bench_train.py --quick    # widths 500, 2000 (about a minute)
+
+1. step / GEMM floor: V = 2000 one-hot inputs and outputs, batch 256, plain SGD, MSE.  The floor
+   is the time of the step's six matrix products (forward, grad-input, grad-weight of the hidden
+   layer and of the readout), each run alone on the same shapes in the same process; our fused
+   step (SGD applied inside backward) and a plain autograd + torch.optim.SGD step are timed
+   alternately against it.
+2. memory: peak resident memory of a training run (fresh process, recorder attached) divided by
+   the bytes of the parameters.
+3. recorder overhead: the Table-1 loop with the recorder on its default schedule divided by the
+   same loop without it, both timed alternately; on CPU at the quick widths, with the step count
+   of recipes/table1.toml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from lazydrift import NTKMLP, DriftRecorder, fused_sgd, log_schedule, mse_loss
+
+V, BATCH = 2000, 256
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeat: int) -> float:
+    """Median seconds of ``repeat`` calls after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def gemm_floor(width: int, device, repeat: int) -> tuple[float, float]:
+    """Seconds of the step's six GEMMs on their own, and their FLOPs."""
+    g = torch.Generator(device=device).manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, device=device)  # noqa: E731
+    w_hid, w_out = r(width, width), r(V, width)
+    x, gh, go = r(BATCH, width), r(BATCH, width), r(BATCH, V)
+
+    def six():
+        torch.mm(x, w_hid.t())            # hidden forward
+        torch.mm(x, w_out.t())            # readout forward
+        torch.mm(go, w_out)               # readout grad-input
+        w_out.addmm_(go.t(), x, alpha=1e-3)  # readout grad-weight, accumulated in place
+        torch.mm(gh, w_hid)               # hidden grad-input
+        w_hid.addmm_(gh.t(), x, alpha=1e-3)  # hidden grad-weight
+
+    flops = 2 * BATCH * 3 * (width * width + width * V)
+    return timed(six, device, repeat), flops
+
+
+def step_fns(width: int, device):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(V, (BATCH,), generator=g).to(device)
+    y = torch.randint(V, (BATCH,), generator=g).to(device)
+    fused_model = NTKMLP(V, width, V, input_scale="embedding", seed=0, device=device)
+
+    def fused():
+        with fused_sgd(fused_model, 1e-3):
+            mse_loss(fused_model(x), y).backward()
+
+    plain_model = NTKMLP(V, width, V, input_scale="embedding", seed=0, device=device)
+    opt = torch.optim.SGD(plain_model.param_groups(1e-3), lr=1e-3)
+
+    def plain():
+        opt.zero_grad(set_to_none=True)
+        mse_loss(plain_model(x), y).backward()
+        opt.step()
+
+    return fused, plain
+
+
+def bench_steps(widths, device, repeat) -> list[dict]:
+    rows = []
+    for width in widths:
+        fused, plain = step_fns(width, device)
+        floors, fus, pla = [], [], []
+        for _ in range(3):  # alternate so that machine noise hits all three alike
+            floor, flops = gemm_floor(width, device, repeat)
+            floors.append(floor)
+            fus.append(timed(fused, device, repeat))
+            pla.append(timed(plain, device, repeat))
+        floor = min(floors)
+        rows.append({"width": width, "gemm_tflops": flops / floor / 1e12, "floor_s": floor,
+                     "fused_s": min(fus), "plain_s": min(pla),
+                     "fused_ratio": min(fus) / floor, "plain_ratio": min(pla) / floor})
+        del fused, plain
+    return rows
+
+
+MEMORY_CHILD = """
+import resource, sys, torch
+from lazydrift import NTKMLP, DriftRecorder, fused_sgd, mse_loss
+width, fused, device = int(sys.argv[1]), sys.argv[2] == "fused", torch.device(sys.argv[3])
+V, B = 2000, 256
+model = NTKMLP(V, width, V, input_scale="embedding", seed=0, device=device)
+params = sum(p.numel() * p.element_size() for p in model.parameters())
+g = torch.Generator().manual_seed(0)
+opt = None if fused else torch.optim.SGD(model.param_groups(1e-3), lr=1e-3)
+with DriftRecorder(model, probes=torch.arange(512), pairs=None) as rec:
+    for step in range(1, 4):
+        x, y = torch.randint(V, (B,), generator=g).to(device), torch.randint(V, (B,), generator=g).to(device)
+        if fused:
+            with fused_sgd(model, 1e-3):
+                mse_loss(model(x), y).backward()
+        else:
+            opt.zero_grad(set_to_none=True); mse_loss(model(x), y).backward(); opt.step()
+        rec.record(step)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+print(peak, params, gpu)
+"""
+
+
+def bench_memory(width: int, device) -> list[dict]:
+    rows = []
+    for mode in ("fused", "plain"):
+        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(width), mode, str(device)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        peak, params, gpu = map(int, out)
+        rows.append({"width": width, "mode": mode, "peak_rss_gb": peak / 2**30, "param_gb": params / 2**30,
+                     "rss_ratio": peak / params, "gpu_ratio": gpu / params if gpu else None})
+    return rows
+
+
+def bench_recorder(width: int, steps: int, device, points: int) -> dict:
+    """Table-1 loop (steps, default schedule, 512 probes, 64 Gram probes) with vs without recorder."""
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.randint(V, (BATCH,), generator=g).to(device), torch.randint(V, (BATCH,), generator=g).to(device))
+               for _ in range(16)]
+    schedule = set(log_schedule(steps, points))
+    pairs = [(i, j) for i in range(64) for j in range(i + 1, 64)]
+
+    def loop(with_recorder: bool) -> float:
+        model = NTKMLP(V, width, V, input_scale="embedding", seed=0, device=device)
+        sync(device)
+        t = time.perf_counter()
+        rec = DriftRecorder(model, probes=torch.arange(512), pairs=pairs) if with_recorder else None
+        if rec:
+            rec.__enter__()
+        for step in range(1, steps + 1):
+            x, y = batches[step % len(batches)]
+            with fused_sgd(model, 1e-3):
+                mse_loss(model(x), y).backward()
+            if rec and step in schedule:
+                rec.record(step)
+        if rec:
+            rec.__exit__(None, None, None)
+        sync(device)
+        return time.perf_counter() - t
+
+    without, with_ = [], []
+    for _ in range(2):
+        without.append(loop(False))
+        with_.append(loop(True))
+    return {"width": width, "steps": steps, "records": len(schedule), "without_s": min(without),
+            "with_s": min(with_), "overhead_ratio": min(with_) / min(without)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small widths, about a minute")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    widths = [500, 2000] if args.quick else [2000, 10000, 30000]
+    repeat = 3 if device.type == "cpu" else 10
+    print(f"device {device}, torch threads {torch.get_num_threads()}, widths {widths}", flush=True)
+
+    steps = bench_steps(widths, device, repeat)
+    memory = bench_memory(widths[-1], device)
+    from lazydrift.recipes import load_recipe
+    table1 = load_recipe("recipes/table1.toml")
+    rec_width = 1000 if device.type == "cpu" else 30000
+    rec_steps = 200 if args.quick else table1.train.steps
+    recorder = bench_recorder(rec_width, rec_steps, device, table1.record.points)
+
+    print("\n1. training step vs GEMM floor (target <= 1.15)")
+    print(f"{'width':>7} {'GEMM TFLOP/s':>13} {'floor s':>9} {'fused s':>9} {'fused/floor':>12} {'plain/floor':>12}")
+    for r in steps:
+        print(f"{r['width']:>7} {r['gemm_tflops']:>13.3f} {r['floor_s']:>9.4f} {r['fused_s']:>9.4f} "
+              f"{r['fused_ratio']:>12.3f} {r['plain_ratio']:>12.3f}")
+    print("\n2. peak memory / parameter bytes (target <= 1.3)")
+    for r in memory:
+        extra = f", GPU peak/params {r['gpu_ratio']:.3f}" if r["gpu_ratio"] else ""
+        print(f"width {r['width']} {r['mode']:>5}: peak RSS {r['peak_rss_gb']:.2f} GiB, params {r['param_gb']:.2f} GiB, "
+              f"ratio {r['rss_ratio']:.3f}{extra}")
+    print("\n3. recorder overhead (target <= 1.02)")
+    print(f"width {recorder['width']}, {recorder['steps']} steps, {recorder['records']} records: "
+          f"{recorder['without_s']:.2f} s without, {recorder['with_s']:.2f} s with, ratio {recorder['overhead_ratio']:.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": str(device), "steps": steps, "memory": memory, "recorder": recorder}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
