@@ -58,7 +58,7 @@ class TrainConfig:
 @dataclass
 class RecordConfig:
     layers: list[str] = field(default_factory=list)  # module names; empty = last hidden layer
-    points: int = 30              # about this many log-spaced recorded steps (plus 0 and the last)
+    points: int = 20              # about this many log-spaced recorded steps (plus 0 and the last)
     gram_probes: int = 64         # Gram trajectories for all pairs of the first N probes (0 = none)
     noise_floor: bool = True      # also record an untouched copy of the model
     probe_batch_size: int = 1024
