@@ -105,6 +105,7 @@ def aggregate(out: Path, recipe=None, info: dict | None = None, *, sources: list
         if len(frame):
             write_csv(frame, out / f"{name}.csv")
     if len(frames["gram"]):
+        write_csv(gram_pairs(frames["gram"], keys), out / "gram_pairs.csv")
         write_csv(gram_summary(frames["gram"], frames["noise_floor"], keys), out / "gram_summary.csv")
     if len(frames["init_theory"]):
         write_csv(init_theory_summary(frames["init_theory"], keys), out / "init_theory_summary.csv")
@@ -112,6 +113,14 @@ def aggregate(out: Path, recipe=None, info: dict | None = None, *, sources: list
     if recipe is not None and len(final) and keys == ["width"]:
         write_text(table1_markdown(recipe, final, info or {}), out / "table1.md")
     return frames
+
+
+def gram_pairs(gram: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per cell, layer and pair: total variation, max |G_t - G_0| and relative change of the inner product."""
+    parts = [metrics.pair_change_stats(g).assign(**dict(zip(keys, group if isinstance(group, tuple) else (group,))))
+             for group, g in gram.groupby(keys)]
+    out = pd.concat(parts, ignore_index=True)
+    return out[keys + [c for c in out.columns if c not in keys]]
 
 
 def gram_summary(gram: pd.DataFrame, floor: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
