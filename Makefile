@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# MNIST for the offline targets: the IDX files shipped beside the checkout when present
+# (../shared/data/MNIST/raw), else data/ (add --download to fetch them there).
+export LAZYDRIFT_MNIST_ROOT ?= $(firstword $(wildcard $(abspath ../shared/data)))
 
 .PHONY: install demo test reproduce-table1 reproduce-prop4 reproduce-table2 figures bench bench-quick clean
 
@@ -21,6 +24,26 @@ test: $(STAMP)
 
 reproduce-table1: $(STAMP)
 	$(PY) -m lazydrift run recipes/table1.toml --download
+
+reproduce-prop4: $(STAMP)
+	$(PY) -m lazydrift run recipes/table1-quick.toml --quiet
+	$(PY) -m lazydrift run recipes/mnist-drift-quick.toml --quiet
+	$(PY) -m lazydrift plot results/table1-quick
+	$(PY) -m lazydrift plot results/mnist-drift-quick
+
+reproduce-table2: $(STAMP)
+	$(PY) -m lazydrift table2 --out results/table2
+
+figures: $(STAMP)
+	$(PY) -m lazydrift figures --out results/figures
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_kernels.py
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/bench_train.py --quick
+	$(PY) benchmarks/bench_kernels.py --quick
 
 clean:
 	rm -rf results .pytest_cache

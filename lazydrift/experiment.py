@@ -85,7 +85,8 @@ def text8_task(recipe: Recipe) -> Task:
         make_sampler=lambda seed: text8.SkipGramSampler(ids, d.window, recipe.train.batch_size, seed),
         probes=probe_ids, probe_table=table,
         input_cosines=np.eye(n_probes),  # distinct one-hot vectors are orthogonal
-        info={"tokens": len(tokens), "tokens_in_vocab": int(len(ids)), "vocab_size": V,
+        info={"task": f"skip-gram on {d.dataset} (V = {V} one-hot words in and out, window {d.window})",
+              "tokens": len(tokens), "tokens_in_vocab": int(len(ids)), "vocab_size": V,
               "vocab_coverage": round(float(len(ids) / max(1, len(tokens))), 4), "window": d.window,
               "probes": f"{n_probes} distinct vocabulary tokens sampled with seed {probe_seed(recipe.seed)}"},
         vocab=vocab,
@@ -115,7 +116,7 @@ def mnist_task(recipe: Recipe) -> Task:
     from . import mnist
 
     d = recipe.data
-    x, labels = mnist.load_subset(d.n_train, seed=recipe.seed, train=True, root=d.mnist_root or None,
+    x, labels = mnist.load_mnist_subset(d.n_train, seed=recipe.seed, train=True, root=d.mnist_root or None,
                                   data_dir=d.data_dir, download=d.download)
     y = torch.nn.functional.one_hot(labels.long(), 10).to(x.dtype)
     n_probes = d.n_probes or len(x)
@@ -129,7 +130,8 @@ def mnist_task(recipe: Recipe) -> Task:
         name="mnist", in_features=x.shape[1], out_features=10,
         make_sampler=lambda seed: ArraySampler(x, y, recipe.train.batch_size, seed),
         probes=probes, probe_table=table, input_cosines=cos,
-        info={"n_train": len(x), "probes": f"{n_probes} training images sampled with seed {probe_seed(recipe.seed)}"},
+        info={"task": f"MNIST, {len(x)} training images on the unit sphere, one-hot (10-dimensional) targets",
+              "n_train": len(x), "probes": f"{n_probes} training images sampled with seed {probe_seed(recipe.seed)}"},
     )
 
 

@@ -205,7 +205,7 @@ def table1_markdown(recipe, final: pd.DataFrame, info: dict) -> str:
     lines = [f"# Table 1: {recipe.name}", "",
              f"Last hidden layer ({final.layer.iloc[0]}) of a {recipe.model.depth}-hidden-layer ReLU network "
              f"({'/'.join(recipe.parameterizations)} parameterization, input scale {recipe.model.input_scale}) "
-             f"trained on {recipe.data.dataset} (skip-gram, V = {info.get('vocab_size', recipe.data.vocab_size)}) "
+             f"trained on {info.get('task', recipe.data.dataset)} "
              f"with SGD, lr = {recipe.train.lr}, batch {recipe.train.batch_size}, seed {recipe.seed}; "
              f"h_t at step t = {step}. Mean (sample s.d.) over {info.get('probes', 'the probes')}.", "",
              head, "|" + "---|" * (len(widths) + 3)]
