@@ -52,8 +52,17 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_forward(args) -> int:
+    """Subcommands whose options live in their own module (``python -m lazydrift.table2 --help``)."""
+    import importlib
+
+    module = importlib.import_module(f"lazydrift.{args.command}")
+    return module.main(args.rest) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lazydrift", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lazydrift", description="Measure how the hidden features of wide "
+                                     "networks move during training (the lazy / NTK regime).")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a recipe (TOML) and write results/<name>/")
     run.add_argument("recipe", help="path to a recipe .toml file")
@@ -70,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="write PNG figures for a results folder")
     plot.add_argument("results", help="a folder written by `lazydrift run`")
     plot.set_defaults(func=cmd_plot)
+    for name, text in (("table2", "Table 2: NTK regression on MNIST at depth 30 (see --help)"),
+                       ("figures", "Figures 2 to 8 of the paper (see --help)")):
+        forward = sub.add_parser(name, help=text, add_help=False)
+        forward.add_argument("rest", nargs=argparse.REMAINDER)
+        forward.set_defaults(func=cmd_forward)
     return parser
 
 
