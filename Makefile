@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (../shared/data/MNIST/raw), else data/ (add --download to fetch them there).
 export LAZYDRIFT_MNIST_ROOT ?= $(firstword $(wildcard $(abspath ../shared/data)))
 
-.PHONY: install demo test reproduce-table1 reproduce-prop4 reproduce-table2 figures bench bench-quick clean
+.PHONY: install demo test reproduce-table1 reproduce-prop4 reproduce-table2 reproduce-scaling figures bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ reproduce-prop4: $(STAMP)
 	$(PY) -m lazydrift run recipes/mnist-drift-quick.toml --quiet
 	$(PY) -m lazydrift plot results/table1-quick
 	$(PY) -m lazydrift plot results/mnist-drift-quick
+
+# Width sweeps, ntk vs muP vs standard (CPU scale, ~10 min on 2 cores): scaling.csv/.md/.png,
+# scaling_slopes.png, and the word-analogy table analogy.md.  GPU scale: recipes/scaling.toml.
+reproduce-scaling: $(STAMP)
+	$(PY) -m lazydrift run recipes/scaling-quick.toml --quiet
+	$(PY) -m lazydrift run recipes/analogies-quick.toml --quiet
+	cat results/scaling-quick/scaling.md results/analogies-quick/analogy.md
 
 reproduce-table2: $(STAMP)
 	$(PY) -m lazydrift table2 --out results/table2

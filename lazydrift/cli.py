@@ -22,6 +22,7 @@ def _error(msg: str, code: int = EXIT_BAD_INPUT) -> int:
 def cmd_run(args) -> int:
     from .experiment import run_recipe
     from .recipes import load_recipe
+    from .shard import bind_local_device, resolve_shard
 
     overrides = list(args.set or [])
     if args.seed is not None:
@@ -30,7 +31,14 @@ def cmd_run(args) -> int:
         overrides.append("data.download=true")
     recipe = load_recipe(args.recipe, overrides)
     out = Path(args.out) if args.out else Path("results") / recipe.name
-    run = run_recipe(recipe, out, device=args.device, progress=not args.quiet, resume=args.resume)
+    shard = resolve_shard(args.shard)  # --shard i/N, torchrun's RANK/WORLD_SIZE or a Slurm array
+    if shard is not None:
+        bind_local_device()
+    run = run_recipe(recipe, out, device=args.device, progress=not args.quiet, resume=args.resume, shard=shard)
+    if shard is not None:
+        print(f"lazydrift: shard {shard[0]}/{shard[1]} wrote {len(run['cells'])} cells to {out}/cells/ "
+              f"(status: {run['status']}, {run['wall_seconds']:.1f} s); combine with `lazydrift merge {out}`")
+        return _error(run.get("error", "diverged"), EXIT_DIVERGED) if run["status"] == "diverged" else 0
     table = out / "table1.md"
     if table.exists() and not args.quiet:
         print(table.read_text())
@@ -49,6 +57,16 @@ def cmd_plot(args) -> int:
         return _error(str(e))
     for path in written:
         print(f"lazydrift: wrote {path}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .shard import merge
+
+    run = merge(args.out, args.more)
+    print(f"lazydrift: merged {len(run['cells'])} cells into {args.out}/ (status: {run['status']})")
+    if run["missing_cells"]:
+        print(f"lazydrift: missing cells: {', '.join(run['missing_cells'])}", file=sys.stderr)
     return 0
 
 
@@ -75,10 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out: skip finished cells, resume the rest from checkpoints")
     run.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    run.add_argument("--shard", metavar="I/N", help="run only cells I, I+N, ... (0-based I) and leave combining to "
+                     "`lazydrift merge`; default from torchrun (RANK/WORLD_SIZE) or a Slurm array")
     run.set_defaults(func=cmd_run)
     plot = sub.add_parser("plot", help="write PNG figures for a results folder")
     plot.add_argument("results", help="a folder written by `lazydrift run`")
     plot.set_defaults(func=cmd_plot)
+    merge = sub.add_parser("merge", help="combine the cells of sharded runs into OUT's top-level files")
+    merge.add_argument("out", help="output folder (its cells/ are included)")
+    merge.add_argument("more", nargs="*", help="more folders whose cells/ to include")
+    merge.set_defaults(func=cmd_merge)
     for name, text in (("table2", "Table 2: NTK regression on MNIST at depth 30 (see --help)"),
                        ("figures", "Figures 2 to 8 of the paper (see --help)")):
         forward = sub.add_parser(name, help=text, add_help=False)

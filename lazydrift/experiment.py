@@ -296,7 +296,14 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
 
 def after_training(recipe: Recipe, task: Task, cell: Cell, model, rec: DriftRecorder, cell_dir: Path) -> dict:
     """Evaluations that need the trained model before it is freed; returns fields for cell.json."""
-    return {}
+    extras = {}
+    if recipe.record.analogies and task.vocab is not None:  # h_0 from a model rebuilt from the seed
+        from . import analogy
+
+        device = next(model.parameters()).device
+        extras.update(analogy.evaluate_cell(model, lambda: build_model(recipe, task, cell, device), task.vocab.words,
+                                            recipe.train.steps, cell_dir, recipe.record.probe_batch_size))
+    return extras
 
 
 def record_noise_floor(recipe: Recipe, task: Task, cell: Cell, device: torch.device, steps: list[int],
@@ -368,22 +375,31 @@ def device_info(device: torch.device) -> dict:
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, device: str | None = None, progress: bool = True,
-               resume: bool = False, cells: list[Cell] | None = None) -> dict:
-    """Run the recipe's cells (or the given subset) and write every output; returns run.json's content."""
+               resume: bool = False, cells: list[Cell] | None = None, shard: tuple[int, int] | None = None) -> dict:
+    """Run the recipe's cells (or the given subset) and write every output; returns run.json's content.
+
+    ``shard=(i, N)`` runs only cells i, i + N, ... of them, records itself in ``shard-i-of-N.json``
+    instead of run.json and leaves the combined files to ``lazydrift merge`` (lazydrift.shard).
+    """
     from . import report
+    from .shard import shard_cells, shard_record_name
 
     out = Path(out_dir)
     dev = resolve_device(device or recipe.device)
     torch.backends.cuda.matmul.allow_tf32 = recipe.train.tf32
     torch.backends.cudnn.allow_tf32 = recipe.train.tf32
     cells = recipe_cells(recipe) if cells is None else cells
+    cells = cells if shard is None else shard_cells(cells, *shard)
+    record = out / ("run.json" if shard is None else shard_record_name(*shard))
     if not resume:  # a fresh run replaces this folder's earlier results for these cells
         for cell in cells:
             shutil.rmtree(out / "cells" / cell.name, ignore_errors=True)
     started = time.time()
     run = {"recipe": recipe.to_dict(), "recipe_path": recipe.path, "seed": recipe.seed, "status": "running",
            "resumed": resume, **environment(), **device_info(dev), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(run, out / "run.json")
+    if shard is not None:
+        run["shard"] = {"index": shard[0], "count": shard[1], "cells": [c.name for c in cells]}
+    write_json(run, record)
     task = make_task(recipe)
     run["data"] = task.info
     write_csv(task.probe_table, out / "probes.csv")
@@ -396,12 +412,13 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, device: str | None = None, p
         else:
             info = run_cell(recipe, task, cell, dev, cell_dir, resume=resume, progress=progress)
         run["cells"].append(info)
-        report.aggregate(out, recipe, task.info)  # after every cell, so a later failure loses nothing
+        if shard is None:  # shards leave the combined files to `lazydrift merge`
+            report.aggregate(out, recipe, task.info)  # after every cell, so a later failure loses nothing
         if info["status"] != "completed":
             run["status"], run["error"] = info["status"], info["error"]
             break
     else:
         run["status"] = "completed"
     run["wall_seconds"] = round(time.time() - started, 3)
-    write_json(run, out / "run.json")
+    write_json(run, record)
     return run

@@ -62,6 +62,7 @@ class RecordConfig:
     gram_probes: int = 64         # Gram trajectories for all pairs of the first N probes (0 = none)
     noise_floor: bool = True      # also record an untouched copy of the model
     probe_batch_size: int = 1024
+    analogies: bool = False       # text8: word-analogy accuracy of h_0 and h_T for every vocabulary word
 
 
 @dataclass
@@ -248,5 +249,7 @@ def _check_values(r: Recipe, path) -> None:
         fail("[checkpoint] every_minutes", f"must be >= 0, got {c.every_minutes}")
     if d.dataset.startswith("text8") and d.n_probes > d.vocab_size:
         fail("[data] n_probes", f"({d.n_probes}) cannot exceed the number of inputs, [data] vocab_size ({d.vocab_size})")
+    if rec.analogies and not d.dataset.startswith("text8"):
+        fail("[record] analogies", f"needs a text8 dataset (words), got [data] dataset {d.dataset!r}")
     if d.dataset == "mnist" and d.n_probes > d.n_train:
         fail("[data] n_probes", f"({d.n_probes}) cannot exceed the number of inputs, [data] n_train ({d.n_train})")

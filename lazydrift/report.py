@@ -104,9 +104,16 @@ def aggregate(out: Path, recipe=None, info: dict | None = None, *, sources: list
     for name, frame in frames.items():
         if len(frame):
             write_csv(frame, out / f"{name}.csv")
+    gsum = None
     if len(frames["gram"]):
         write_csv(gram_pairs(frames["gram"], keys), out / "gram_pairs.csv")
-        write_csv(gram_summary(frames["gram"], frames["noise_floor"], keys), out / "gram_summary.csv")
+        gsum = gram_summary(frames["gram"], frames["noise_floor"], keys)
+        write_csv(gsum, out / "gram_summary.csv")
+    if len(frames["summary"]):  # width sweeps (>= 3 widths): scaling.csv, scaling.png; text8: analogy.csv/md
+        from . import analogy, scaling
+
+        scaling.write_scaling(out, frames["summary"], gsum, [c[0] for c in cells], recipe)
+        analogy.write_combined(out, cells)
     if len(frames["init_theory"]):
         write_csv(init_theory_summary(frames["init_theory"], keys), out / "init_theory_summary.csv")
     final = final_summary(frames["summary"], keys)

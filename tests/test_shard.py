@@ -1,0 +1,148 @@
+"""Sharding: --shard / torchrun / Slurm-array shards in separate processes, merged = unsharded run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lazydrift import cli
+from lazydrift.shard import ShardError, parse_shard, resolve_shard, shard_cells
+
+from conftest import DATA_DIR, ROOT
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+                 "SLURM_ARRAY_TASK_MIN")
+
+SWEEP = f"""\
+name = "tiny-sweep"
+seed = 0
+device = "cpu"
+[data]
+dataset = "text8-mini"
+data_dir = "{DATA_DIR}"
+vocab_size = 300
+n_probes = 16
+[model]
+widths = [16, 32, 48]
+parameterization = ["ntk", "mup"]
+[train]
+lr = 0.2
+steps = 6
+batch_size = 16
+[record]
+points = 4
+gram_probes = 6
+analogies = true
+[checkpoint]
+every_minutes = 0
+"""
+
+
+def test_parse_shard():
+    assert parse_shard("0/1") == (0, 1)
+    assert parse_shard(" 3 / 4 ") == (3, 4)
+    for bad in ("4/4", "1", "a/b", "-1/3", "0/0", "1/2/3"):
+        with pytest.raises(ShardError):
+            parse_shard(bad)
+
+
+def test_resolve_shard_from_the_environment():
+    assert resolve_shard(None, {}) is None
+    assert resolve_shard("1/3", {"RANK": "0", "WORLD_SIZE": "2"}) == (1, 3)  # --shard wins
+    assert resolve_shard(None, {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "2"}) == (2, 4)
+    assert resolve_shard(None, {"RANK": "0", "WORLD_SIZE": "1"}) is None  # a single process: no shard
+    assert resolve_shard(None, {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "5"}) == (2, 5)
+    assert resolve_shard(None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "5",
+                                "SLURM_ARRAY_TASK_MIN": "1"}) == (4, 5)  # --array=1-5
+    # torchrun with 2 ranks inside array task 1 of 3: shard 1 * 2 + rank of 3 * 2
+    assert resolve_shard(None, {"RANK": "1", "WORLD_SIZE": "2", "SLURM_ARRAY_TASK_ID": "1",
+                                "SLURM_ARRAY_TASK_COUNT": "3"}) == (3, 6)
+    for env in ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "5"},  # 1-based without MIN
+                {"SLURM_ARRAY_TASK_ID": "1"}, {"WORLD_SIZE": "2"}, {"RANK": "x", "WORLD_SIZE": "2"},
+                {"RANK": "2", "WORLD_SIZE": "2"}):
+        with pytest.raises(ShardError):
+            resolve_shard(None, env)
+
+
+def test_round_robin_covers_every_cell_once():
+    cells = list(range(23))
+    for n in (1, 2, 5, 23, 30):
+        parts = [shard_cells(cells, i, n) for i in range(n)]
+        assert sorted(sum(parts, [])) == cells
+        assert all(parts[i] == [k for k in cells if k % n == i] for i in range(n))
+
+
+def test_bad_shard_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    for var in LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(SWEEP)
+    assert cli.main(["run", str(recipe), "--out", str(tmp_path / "o"), "--shard", "3/3", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--shard" in err[0]
+    assert cli.main(["merge", str(tmp_path / "nothing-here")]) == 2
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update(extra, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return env
+
+
+def test_shards_in_separate_processes_merge_to_the_unsharded_run(tmp_path, monkeypatch):
+    for var in LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(SWEEP)
+    shared, other, whole = tmp_path / "shared", tmp_path / "other", tmp_path / "whole"
+    cmd = [sys.executable, "-m", "lazydrift", "run", str(recipe), "--quiet"]
+    procs = [  # three launchers at once: two shards share a folder, the third writes elsewhere
+        subprocess.Popen(cmd + ["--out", str(shared), "--shard", "0/3"], env=_env(), cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(cmd + ["--out", str(shared)], env=_env(RANK="1", WORLD_SIZE="3", LOCAL_RANK="1"),
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(cmd + ["--out", str(other)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=_env(SLURM_ARRAY_TASK_ID="3", SLURM_ARRAY_TASK_MIN="1",
+                                             SLURM_ARRAY_TASK_COUNT="3")),
+    ]
+    assert cli.main(["run", str(recipe), "--out", str(whole), "--quiet"]) == 0  # meanwhile, unsharded
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+
+    # cells are dealt round robin over (parameterization, seed, width); shards write no combined files
+    order = [f"{p}-s0-w{w}" for p in ("ntk", "mup") for w in (16, 32, 48)]
+    records = {i: json.loads(((other if i == 2 else shared) / f"shard-{i}-of-3.json").read_text()) for i in range(3)}
+    for i, rec in records.items():
+        assert rec["shard"]["cells"] == order[i::3] and rec["status"] == "completed"
+    assert sorted(p.name for p in (shared / "cells").iterdir()) == sorted(order[0::3] + order[1::3])
+    assert [p.name for p in shared.glob("*.csv")] == ["probes.csv"]
+    assert not (shared / "run.json").exists()
+
+    assert cli.main(["merge", str(shared), str(other)]) == 0
+    merged = json.loads((shared / "run.json").read_text())
+    assert merged["status"] == "completed" and merged["missing_cells"] == []
+    names = sorted(p.name for p in whole.glob("*.csv"))
+    assert {"summary.csv", "drift.csv", "gram_summary.csv", "scaling.csv", "analogy.csv"} <= set(names)
+    for name in names:
+        a, b = pd.read_csv(whole / name), pd.read_csv(shared / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=True, obj=name)
+    assert (shared / "scaling.png").is_file() and (shared / "analogy.md").is_file()
+
+
+def test_merge_reports_missing_cells(tmp_path, monkeypatch, capsys):
+    for var in LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(SWEEP.replace("widths = [16, 32, 48]", "widths = [16, 32]").replace('["ntk", "mup"]', '"ntk"'))
+    assert cli.main(["run", str(recipe), "--out", str(tmp_path / "o"), "--shard", "1/2", "--quiet"]) == 0
+    assert cli.main(["merge", str(tmp_path / "o")]) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["status"] == "incomplete" and run["missing_cells"] == ["ntk-s0-w16"]
+    assert "missing cells: ntk-s0-w16" in capsys.readouterr().err
