@@ -21,17 +21,24 @@ def drift_norms(h: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.
     The ratio lies in [1, sqrt(width)]: 1 when one neuron carries all the change, sqrt(width)
     when every neuron moves by the same amount.
     """
-    delta = h - h0
-    l2 = torch.linalg.vector_norm(delta, ord=2, dim=1)
-    linf = delta.abs().amax(dim=1)
-    ratio = torch.where(linf > 0, l2 / linf, torch.full_like(l2, float("nan")))
-    return l2, linf, ratio
+    return drift_stats(h, h0)[:3]
 
 
 def neuron_deviation(h: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per neuron i: mean and max over probes of |h_{t,i}(x) - h_{0,i}(x)|."""
-    dev = (h - h0).abs()
-    return dev.mean(dim=0), dev.amax(dim=0)
+    return drift_stats(h, h0)[3:]
+
+
+def drift_stats(h: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:func:`drift_norms` and :func:`neuron_deviation` from one pass over |h - h_0|.
+
+    Returns (l2, linf, ratio) per probe and (mean, max) over probes per neuron.
+    """
+    dev = (h - h0).abs_()
+    l2 = torch.linalg.vector_norm(dev, ord=2, dim=1)
+    linf = dev.amax(dim=1)
+    ratio = torch.where(linf > 0, l2 / linf, torch.full_like(l2, float("nan")))
+    return l2, linf, ratio, dev.mean(dim=0), dev.amax(dim=0)
 
 
 def all_pairs(n_probes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -193,11 +193,10 @@ class DriftRecorder:
         probe = np.arange(self.n_probes)
         for name in self.layers:
             h, h0 = hs[name], self.h0[name]
-            l2, linf, ratio = metrics.drift_norms(h, h0)
+            l2, linf, ratio, mean_abs, max_abs = metrics.drift_stats(h, h0)
             self._drift.append({"step": np.full(self.n_probes, step), "layer": [name] * self.n_probes,
                                 "probe": probe, "l2": l2.cpu().numpy(), "linf": linf.cpu().numpy(),
                                 "ratio": ratio.cpu().numpy()})
-            mean_abs, max_abs = metrics.neuron_deviation(h, h0)
             self._neurons[name] = (step, mean_abs.cpu().numpy(), max_abs.cpu().numpy())
             if self.pairs is not None:
                 i, j = self.pairs
