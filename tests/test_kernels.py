@@ -12,11 +12,9 @@ import math
 import subprocess
 from pathlib import Path
 
-import mpmath
 import numpy as np
 import pytest
 import torch
-from scipy import integrate
 
 from lazydrift import NTKMLP
 from lazydrift.kernels import (correlations, feature_cosine, h, h_prime, normalized_kernel,
@@ -32,13 +30,18 @@ def unit_pair_batch(rhos) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def gaussian_expectation(f, rho: float) -> float:
-    """E[f(u, v)] for standard normals with correlation rho, by 2-D numerical integration."""
+def relu_moment(rho: float) -> float:
+    """E[relu(u) relu(v)] for standard normals with correlation rho, by 2-D numerical integration.
+
+    u = b, v = rho b + c a with a, b independent N(0, 1), c = sqrt(1 - rho^2); integrating only
+    over the quadrant u, v > 0 keeps the integrand smooth, so quadrature is accurate to ~1e-12.
+    """
+    integrate = pytest.importorskip("scipy.integrate")
     c = math.sqrt(1 - rho * rho)
 
-    def integrand(a, b):  # u = b, v = rho b + c a, with a, b independent N(0, 1)
-        return f(b, rho * b + c * a) * math.exp(-(a * a + b * b) / 2) / (2 * math.pi)
-    val, _ = integrate.dblquad(integrand, -9, 9, -9, 9, epsabs=1e-11, epsrel=1e-10)
+    def integrand(a, b):
+        return b * (rho * b + c * a) * math.exp(-(a * a + b * b) / 2) / (2 * math.pi)
+    val, _ = integrate.dblquad(integrand, 0, 12, lambda b: -rho * b / c, 12, epsabs=1e-13, epsrel=1e-12)
     return val
 
 
@@ -56,8 +59,7 @@ def test_h_special_values():
 @pytest.mark.parametrize("rho", [-0.8, 0.0, 0.4, 0.9])
 def test_h_is_twice_the_relu_gaussian_moment(rho):
     """Definition 1: Sigma^(2) = E[relu(u) relu(v)] = h(rho) / 2 for unit variances."""
-    moment = gaussian_expectation(lambda u, v: max(u, 0.0) * max(v, 0.0), rho)
-    assert h(rho) == pytest.approx(2 * moment, abs=1e-8)
+    assert h(rho) == pytest.approx(2 * relu_moment(rho), abs=1e-10)
 
 
 def test_h_prime_is_derivative_and_twice_sheppard():
@@ -119,6 +121,7 @@ def test_depth_one_and_two_closed_forms():
 
 def theorem1_mpmath(x, z, depth, sigma_w2=1, beta=0):
     """Theorem 1 with Definition 1's ReLU expectations in 50-digit arithmetic (one entry)."""
+    mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 50
     n0 = len(x)
     x = [mpmath.mpf(float(v)) for v in x]
@@ -166,7 +169,11 @@ def test_normalized_kernel_matches_proposition_5_route():
     stack = normalized_kernel_recurrence(RHOS, depth, all_depths=True)
     np.testing.assert_allclose(stack[0], RHOS)
     np.testing.assert_allclose(stack[-1], via_prop5)
-    assert ((stack >= -1e-15) & (stack <= 1 + 1e-15))[1:].all()  # Proposition 5: values in [0, 1]
+    # Proposition 5 says the values lie in [0, 1]; that holds from L = 3 on (and for rho1 >= 0),
+    # but at L = 2 strongly anti-correlated inputs give a negative value (min -0.068 near rho1 = -0.79).
+    assert ((stack >= -1e-15) & (stack <= 1 + 1e-15))[2:].all()
+    assert ((stack >= -1e-15) & (stack <= 1 + 1e-15))[1:, RHOS >= 0].all()
+    assert normalized_kernel_recurrence(-0.79, 2) == pytest.approx(-0.0684, abs=1e-4)
 
 
 @pytest.mark.parametrize("sigma_w2,input_scale", [(1.0, "fan_in"), (2.0, "fan_in"), (0.7, "embedding"), (1.3, 0.05)])
@@ -186,10 +193,16 @@ def test_symmetric_blocks_equal_full_computation_and_are_exactly_symmetric():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(37, 6, dtype=torch.float64, generator=g)
     full = relu_ntk(x, x.clone(), depth=9)  # z given: every entry computed directly
+    off = ~torch.eye(37, dtype=torch.bool)
     for bs in (1, 4, 10, 37, 100):
         sym = relu_ntk(x, depth=9, block_size=bs)
         assert torch.equal(sym, sym.T)
-        torch.testing.assert_close(sym, full, rtol=1e-13, atol=0)
+        torch.testing.assert_close(sym[off], full[off], rtol=1e-13, atol=0)
+        # with z given, x_i against itself has cosine 1 - 2^-52 at worst, whose arccos is 2.1e-8:
+        # each layer then loses up to 2.1e-8/pi (as in neural-tangents), 8 layers ~5e-8;
+        # z=None knows the diagonal and sets it to exactly 1
+        torch.testing.assert_close(sym.diagonal(), full.diagonal(), rtol=1e-7, atol=0)
+        torch.testing.assert_close(sym.diagonal(), 9 * x.norm(dim=1) ** 2 / (6 * 2 ** 8), rtol=1e-14, atol=0)
 
 
 def test_homogeneity_proposition_2():
@@ -237,7 +250,9 @@ def test_lemma_1_and_theorem_2_limit_one_quarter():
     slope = (scaled[2999] - scaled[999]) / math.log(3)
     assert np.all((slope > 0.3) & (slope < 0.45)), slope
     assert np.ptp(slope[:5]) < 0.02  # the same c for all separated pairs
-    assert np.all(scaled[99:] / np.log(depths[99:, None]) < 2.5)  # so (log L / L) bounds the distance
+    # L |.| / log L decreases from L = 300 on (towards c), so C(rho) log L / L bounds the distance
+    ratio = scaled[1:] / np.log(depths[1:, None])
+    assert np.all(ratio[-1] < ratio[298])
 
 
 # -- Monte Carlo over a finite network ------------------------------------------------------------
@@ -300,37 +315,108 @@ def test_feature_cosines_monte_carlo_deep_network():
         f1 = feats_1h[k] / feats_1h[k].norm(dim=1, keepdim=True)
         m1 = (f1 @ f1.T).numpy()[np.triu_indices(3, 1)]
         assert np.abs(m1 - feature_cosine(0.0, k)).max() < tol, (k, m1)
-        # the pre-activation formula h^k would be wrong here by much more than the tolerance
-        assert abs(feature_cosine(0.0, k) - feature_cosine(0.0, k, post_activation=False)) > 2 * tol
+        # the pre-activation correlation h^k(rho1) is not what the post-ReLU features show
+        assert np.abs(m1 - feature_cosine(0.0, k, post_activation=False)).min() > tol
 
 
 # -- optional oracle: neural-tangents in its own venv -------------------------------------------
 NT_PYTHON = ROOT / ".venv-nt" / "bin" / "python"
+NT_CASES = [(3, 0.0), (12, 0.0), (5, 0.4)]  # (depth, beta); W_std = 1.3
 NT_SNIPPET = r"""
 import sys, numpy as np, jax
 jax.config.update("jax_enable_x64", True)
 from neural_tangents import stax
-x = np.load(sys.argv[1]); z = np.load(sys.argv[2]); L = int(sys.argv[3]); b = float(sys.argv[4])
-layers = []
-for _ in range(L - 1):
-    layers += [stax.Dense(64, W_std=1.3, b_std=b or None, parameterization="ntk"), stax.Relu()]
-layers += [stax.Dense(1, W_std=1.3, b_std=b or None, parameterization="ntk")]
-k = stax.serial(*layers)[2](x, z, ("nngp", "ntk"))
-np.save(sys.argv[5], np.stack([np.asarray(k.nngp), np.asarray(k.ntk)]))
-"""
+x, z = np.load(sys.argv[1]), np.load(sys.argv[2])
+out = []
+for L, b in %r:
+    layers = []
+    for _ in range(L - 1):
+        layers += [stax.Dense(64, W_std=1.3, b_std=b or None, parameterization="ntk"), stax.Relu()]
+    layers += [stax.Dense(1, W_std=1.3, b_std=b or None, parameterization="ntk")]
+    k = stax.serial(*layers)[2](x, z, ("nngp", "ntk"))
+    out.append(np.stack([np.asarray(k.nngp), np.asarray(k.ntk)]))
+np.save(sys.argv[3], np.stack(out))
+""" % (NT_CASES,)
+
+
+@pytest.fixture(scope="module")
+def nt_kernels(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nt")
+    rng = np.random.default_rng(10)
+    x, z = rng.standard_normal((7, 30)), rng.standard_normal((5, 30))
+    np.save(tmp / "x.npy", x)
+    np.save(tmp / "z.npy", z)
+    subprocess.run([str(NT_PYTHON), "-c", NT_SNIPPET, str(tmp / "x.npy"), str(tmp / "z.npy"), str(tmp / "k.npy")],
+                   check=True, capture_output=True)
+    return x, z, np.load(tmp / "k.npy")
 
 
 @pytest.mark.skipif(not NT_PYTHON.exists(), reason="neural-tangents oracle not installed in .venv-nt")
-@pytest.mark.parametrize("depth,beta", [(3, 0.0), (12, 0.0), (5, 0.4)])
-def test_agrees_with_neural_tangents(tmp_path, depth, beta):
+@pytest.mark.parametrize("case", range(len(NT_CASES)))
+def test_agrees_with_neural_tangents(nt_kernels, case):
     """stax: L Dense layers (W_std^2 = sigma_w2, b_std = beta, 'ntk') = the paper's depth L."""
-    rng = np.random.default_rng(10)
-    x, z = rng.standard_normal((7, 30)), rng.standard_normal((5, 30))
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "z.npy", z)
-    subprocess.run([str(NT_PYTHON), "-c", NT_SNIPPET, str(tmp_path / "x.npy"), str(tmp_path / "z.npy"),
-                    str(depth), str(beta), str(tmp_path / "k.npy")], check=True, capture_output=True)
-    nngp, ntk = np.load(tmp_path / "k.npy")
+    x, z, ref = nt_kernels
+    depth, beta = NT_CASES[case]
     ours = relu_kernels(x, z, depth, sigma_w2=1.3 ** 2, beta=beta)
-    np.testing.assert_allclose(ours["nngp"].numpy(), nngp, rtol=1e-10)
-    np.testing.assert_allclose(ours["ntk"].numpy(), ntk, rtol=1e-10)
+    np.testing.assert_allclose(ours["nngp"].numpy(), ref[case, 0], rtol=1e-10)
+    np.testing.assert_allclose(ours["ntk"].numpy(), ref[case, 1], rtol=1e-10)
+
+
+# -- the figures' numbers (small sizes) -----------------------------------------------------------
+def test_figure_numbers_against_direct_computations(tmp_path):
+    import pandas as pd
+
+    from lazydrift import figures
+    from lazydrift.regression import projection_operator
+
+    # Figure 7: the elementwise Proposition 5 route vs eigenvalues of the matrix route
+    figures.figure7(tmp_path, [20, 40], n0=8, max_depth=5)
+    f7 = pd.read_csv(tmp_path / "figure7.csv")
+    for n in (20, 40):
+        X = figures.uniform_sphere(n, 8, n)
+        for L in (2, 5):
+            lam = torch.linalg.eigvalsh(normalized_kernel(X, depth=L))[0].item()
+            assert f7[(f7.n == n) & (f7.depth == L)].lambda_min.item() == pytest.approx(lam, abs=1e-12)
+    assert (f7.groupby("n").lambda_min.diff().dropna() > 0).all()  # increases with depth (section 6.4)
+
+    # Figure 8: brute-force maximum cosine and Definition 5 written out
+    figures.figure8(tmp_path, [16, 64], n0=8, seeds=(0,))
+    f8 = pd.read_csv(tmp_path / "figure8.csv")
+    for _, row in f8.iterrows():
+        X = figures.uniform_sphere(int(row.n), 8, int(row.n)).numpy()
+        c = (X @ X.T)[~np.eye(len(X), dtype=bool)].max()
+        hc = c * np.arcsin(c) / np.pi + np.sqrt(1 - c * c) / np.pi + c / 2
+        assert row.depth_bound == pytest.approx(1 / np.sqrt(1 - hc), rel=1e-12)
+
+    # Figure 6: t = 0 gives 0; the norm at t_max is the row norm of the projection operator
+    X, Xt = figures.uniform_sphere(30, 8, 1), figures.uniform_sphere(5, 8, 2)
+    y = torch.sign(torch.randn(30, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    figures.figure6(tmp_path, {"synthetic": (X, y, Xt)}, [30], depths=[2, 4])
+    f6 = pd.read_csv(tmp_path / "figure6.csv")
+    assert (f6[f6.t == 0].operator_norm == 0).all()
+    last = f6[(f6.depth == 4) & (f6.t == f6.t_max)].iloc[0]
+    K, k = normalized_kernel(X, depth=4), normalized_kernel(Xt, X, depth=4)
+    assert last.t_max == math.ceil(1 / torch.linalg.eigvalsh(K)[0].item())
+    op = projection_operator(K, k, last.t_max)
+    assert last.operator_norm == pytest.approx(op.norm(dim=1).mean().item(), rel=1e-10)
+    assert last.term_norm == pytest.approx((op @ -y).abs().mean().item(), rel=1e-10)
+
+    # Figures 2, 4 and Theorem 2's table: shapes and the first depth equal to the input cosine
+    figures.figure2(tmp_path, max_depth=20)
+    f2 = pd.read_csv(tmp_path / "figure2.csv")
+    np.testing.assert_allclose(f2[f2.depth == 1].theta_bar, [0.0, 0.5, 0.9, 0.99])
+    figures.figure4_5(tmp_path, X[:6], Xt[0], "synthetic", max_depth=7)
+    f4 = pd.read_csv(tmp_path / "figure4.csv")
+    assert len(f4) == 3 * (15 + 6) * 7
+    figures.theorem2_rate(tmp_path, max_depth=300)
+    assert (tmp_path / "theorem2_rate.png").stat().st_size > 0
+
+
+def test_eta_kernel_converges_to_the_fixed_point_of_g():
+    from lazydrift.figures import eta_recurrence
+    # the fixed point of g(z) = (1 + e^-z)^-2 by bisection (g(z) - z changes sign on [0, 1])
+    lo, hi = 0.0, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (1 + math.exp(-mid)) ** -2 > mid else (lo, mid)
+    np.testing.assert_allclose(eta_recurrence(np.array([-1.0, 0.0, 0.7, 1.0]), 60), lo, atol=1e-12)
