@@ -70,6 +70,9 @@ def cmd_merge(args) -> int:
     return 0
 
 
+FORWARDED = ("table2", "figures")
+
+
 def cmd_forward(args) -> int:
     """Subcommands whose options live in their own module (``python -m lazydrift.table2 --help``)."""
     import importlib
@@ -114,12 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .recipes import RecipeError
 
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.func is cmd_forward:  # everything after the subcommand belongs to its own parser
-        args.rest = list(args.rest) + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED:  # everything after the subcommand belongs to its own parser
+        return cmd_forward(argparse.Namespace(command=argv[0], rest=argv[1:]))
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except RecipeError as e:
