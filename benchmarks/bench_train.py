@@ -2,7 +2,7 @@
 and the recorder's overhead.  Everything is measured side by side in one run and printed as
 ratios, because these machines are noisy.
 
-    python benchmarks/bench_train.py            # widths 2000, 10000, 30000 (CPU: ~10 minutes)
+    python benchmarks/bench_train.py            # widths 2000, 10000, 30000 (CPU: ~8 minutes)
     python benchmarks/bench_train.py --quick    # widths 500, 2000 (about a minute)
 
 1. step / GEMM floor: V = 2000 one-hot inputs and outputs, batch 256, plain SGD, MSE.  The floor
@@ -16,7 +16,7 @@ ratios, because these machines are noisy.
    64-probe Gram) timed alternately at each width; the Table-1 run's ratio follows from
    recipes/table1.toml's steps and schedule: 1 + (records + noise-floor passes) x record / (steps x step).
    The full run also times the whole Table-1 loop with and without the recorder end to end
-   (width 1000 on CPU, 10000 on CUDA).
+   (width 500 on CPU, 10000 on CUDA).
 """
 
 from __future__ import annotations
@@ -98,21 +98,24 @@ def bench_steps(widths, device, repeat) -> list[dict]:
     for width in widths:
         fused, plain = step_fns(width, device)
         floors, fus, pla = [], [], []
-        for _ in range(3):  # alternate so that machine noise hits all three alike
-            floor, flops = gemm_floor(width, device, repeat)
+        big = device.type == "cpu" and width >= 10000  # seconds per call: fewer repeats suffice
+        for _ in range(2 if big else 3):  # alternate so that machine noise hits all three alike
+            r = 1 if big else repeat
+            floor, flops = gemm_floor(width, device, r)
             floors.append(floor)
-            fus.append(timed(fused, device, repeat))
-            pla.append(timed(plain, device, repeat))
+            fus.append(timed(fused, device, r))
+            pla.append(timed(plain, device, r))
         floor = min(floors)
         rows.append({"width": width, "gemm_tflops": flops / floor / 1e12, "floor_s": floor,
                      "fused_s": min(fus), "plain_s": min(pla),
                      "fused_ratio": min(fus) / floor, "plain_ratio": min(pla) / floor})
+        print(f"  width {width}: fused/floor {min(fus) / floor:.3f}", flush=True)
         del fused, plain
     return rows
 
 
 MEMORY_CHILD = """
-import resource, sys, torch
+import sys, torch
 from lazydrift import NTKMLP, DriftRecorder, fused_sgd, mse_loss
 width, fused, device = int(sys.argv[1]), sys.argv[2] == "fused", torch.device(sys.argv[3])
 V, B = 2000, 256
@@ -121,7 +124,7 @@ params = sum(p.numel() * p.element_size() for p in model.parameters())
 g = torch.Generator().manual_seed(0)
 opt = None if fused else torch.optim.SGD(model.param_groups(1e-3), lr=1e-3)
 with DriftRecorder(model, probes=torch.arange(512), pairs=None) as rec:
-    for step in range(1, 4):
+    for step in range(1, 3):
         x, y = torch.randint(V, (B,), generator=g).to(device), torch.randint(V, (B,), generator=g).to(device)
         if fused:
             with fused_sgd(model, 1e-3):
@@ -129,7 +132,8 @@ with DriftRecorder(model, probes=torch.arange(512), pairs=None) as rec:
         else:
             opt.zero_grad(set_to_none=True); mse_loss(model(x), y).backward(); opt.step()
         rec.record(step)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM is this process's own peak; ru_maxrss would include the parent's size at fork.
+peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
 print(peak, params, gpu)
 """
@@ -160,7 +164,7 @@ def bench_recorder_parts(width: int, device, repeat: int) -> dict:
 
     steps, records = [], []
     with rec:
-        for k in range(3):
+        for k in range(2):
             steps.append(timed(step, device, repeat))
             records.append(timed(lambda: rec.record(k), device, repeat))
     return {"width": width, "step_s": min(steps), "record_s": min(records)}
@@ -193,8 +197,11 @@ def bench_recorder_loop(width: int, steps: int, points: int, device) -> dict:
         sync(device)
         return time.perf_counter() - t
 
+    for x, y in batches[:4]:  # warm up allocator and kernels before timing
+        with fused_sgd(model, 1e-3):
+            mse_loss(model(x), y).backward()
     without, with_ = [], []
-    for _ in range(2):  # alternated, so that machine noise hits both alike
+    for _ in range(3):  # alternated, so that machine noise hits both alike
         without.append(loop(False))
         with_.append(loop(True))
     return {"width": width, "steps": steps, "records": len(schedule), "without_s": min(without),
@@ -214,14 +221,17 @@ def main(argv=None) -> int:
     repeat = 3 if device.type == "cpu" else 10
     print(f"device {device}, torch threads {torch.get_num_threads()}, widths {widths}", flush=True)
 
+    print("1. step vs GEMM floor", flush=True)
     steps = bench_steps(widths, device, repeat)
+    print("2. memory", flush=True)
     memory = bench_memory(widths[-1], device)
+    print("3. recorder", flush=True)
     from lazydrift.recipes import load_recipe
     table1 = load_recipe("recipes/table1.toml")
     t1_steps, t1_records = table1.train.steps, len(log_schedule(table1.train.steps, table1.record.points))
     floor_passes = 5  # the noise floor's probe passes (lazydrift.experiment.record_noise_floor)
-    parts = [bench_recorder_parts(w, device, repeat) for w in widths]
-    loop = None if args.quick else bench_recorder_loop(1000 if device.type == "cpu" else 10000,
+    parts = [bench_recorder_parts(widths[-1], device, 1 if device.type == "cpu" and widths[-1] >= 10000 else repeat)]
+    loop = None if args.quick else bench_recorder_loop(500 if device.type == "cpu" else 10000,
                                                        t1_steps, table1.record.points, device)
     print("\n1. training step vs GEMM floor (target <= 1.15)")
     print(f"{'width':>7} {'GEMM TFLOP/s':>13} {'floor s':>9} {'fused s':>9} {'fused/floor':>12} {'plain/floor':>12}")

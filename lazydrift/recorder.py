@@ -152,9 +152,10 @@ class DriftRecorder:
     def _probe_pass(self) -> dict[str, torch.Tensor]:
         modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
-        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in self.layers}
+        out: dict[str, torch.Tensor] = {}
         try:
             with torch.no_grad():
+                start = 0
                 for batch in self.probes.split(self.probe_batch_size):
                     self._captured = {}
                     self._capturing = True
@@ -167,13 +168,17 @@ class DriftRecorder:
                     missing = [n for n in self.layers if n not in self._captured]
                     if missing:
                         raise RuntimeError(f"layer(s) {missing} did not run during the model's forward pass")
-                    for name in self.layers:
-                        chunks[name].append(self._captured[name])
+                    for name, h in self._captured.items():
+                        if name not in out:  # filled chunk by chunk: no second copy from a concatenation
+                            out[name] = h if len(h) == self.n_probes else h.new_empty((self.n_probes, *h.shape[1:]))
+                        if out[name] is not h:
+                            out[name][start:start + len(h)] = h
+                    start += len(batch)
         finally:
             self._captured = {}
             for module, mode in modes:
                 module.training = mode
-        return {name: torch.cat(parts) for name, parts in chunks.items()}
+        return {name: out[name] for name in self.layers}
 
     def features(self) -> dict[str, torch.Tensor]:
         """Run a probe pass now and return h_t for each recorded layer (probes x neurons)."""
@@ -243,12 +248,13 @@ class DriftRecorder:
         return written
 
     def release_model(self) -> None:
-        """Drop the references to the model and probes (after the run); the results stay."""
+        """Drop the model, the probes and h_0 (after the run) to free memory; the results stay."""
         if self._active:
             raise RuntimeError("release_model() must be called after the `with` block")
         self.model = None
         self._modules = {}
         self.probes = None
+        self.h0 = {}
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:
