@@ -13,7 +13,7 @@ For each depth L the same float64 inputs (Gaussian, 784 dims) go to
 
 alternately, each timed ``--repeats`` times (median reported), and the two matrices are compared
 (max |ours - nt| / max |nt|, target <= 1e-6).  Then ``relu_ntk`` at n = 20000, depth 30 runs in a
-fresh child process that reports its wall time and peak resident memory (ru_maxrss; target 8 GiB).
+fresh child process that reports its wall time and peak resident memory (VmHWM; target 8 GiB).
 
 Without neural-tangents the comparison columns read "n/a".  The machine is shared, so the times
 are noisy: the ratio of medians measured in the same run is the number to read.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -100,7 +99,8 @@ def big_child(n: int, depth: int, seed: int) -> None:
     t0 = time.perf_counter()
     k = relu_ntk(x, depth=depth)
     wall = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    # VmHWM is this process's own peak (KiB); ru_maxrss would include the parent's size at fork.
+    peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     ok = bool(torch.isfinite(k).all()) and bool((k == k.T).all())
     print(json.dumps({"n": n, "depth": depth, "seconds": wall, "peak_rss_gib": peak_kib / 2 ** 20,
                       "output_gib": k.numel() * k.element_size() / 2 ** 30, "finite_and_symmetric": ok,
