@@ -98,7 +98,7 @@ def bench_steps(widths, device, repeat) -> list[dict]:
     for width in widths:
         fused, plain = step_fns(width, device)
         floors, fus, pla = [], [], []
-        big = device.type == "cpu" and width >= 10000  # seconds per call: fewer repeats suffice
+        big = device.type == "cpu" and width >= 20000  # ten seconds per call: fewer repeats suffice
         for _ in range(2 if big else 3):  # alternate so that machine noise hits all three alike
             r = 1 if big else repeat
             floor, flops = gemm_floor(width, device, r)
