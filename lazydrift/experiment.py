@@ -88,7 +88,8 @@ def text8_task(recipe: Recipe) -> Task:
         info={"task": f"skip-gram on {d.dataset} (V = {V} one-hot words in and out, window {d.window})",
               "tokens": len(tokens), "tokens_in_vocab": int(len(ids)), "vocab_size": V,
               "vocab_coverage": round(float(len(ids) / max(1, len(tokens))), 4), "window": d.window,
-              "probes": f"{n_probes} distinct vocabulary tokens sampled with seed {probe_seed(recipe.seed)}"},
+              "probes": (f"all {V} vocabulary tokens" if n_probes == V else
+                         f"{n_probes} distinct vocabulary tokens sampled with seed {probe_seed(recipe.seed)}")},
         vocab=vocab,
     )
 

@@ -37,25 +37,34 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _one_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sweeps over seeds are summarized elsewhere (scaling.csv); the trajectories show the first seed."""
+    return frame[frame.seed == frame.seed.min()] if "seed" in frame.columns else frame
+
+
 def plot_drift(summary: pd.DataFrame, path: Path, layer: str | None = None) -> Path:
+    """Mean l2 and linf against the step, one line per width; one row of panels per parameterization."""
     plt = _pyplot()
+    summary = _one_seed(summary)
     layer = layer or sorted(summary.layer.unique())[-1]
     s = summary[(summary.layer == layer) & (summary.step > 0)]
-    fig, axes = plt.subplots(1, 2, figsize=(2 * PANEL[0], PANEL[1]))
-    for ax, measure, label in ((axes[0], "l2", r"$\|h_t - h_0\|_2$"),
-                               (axes[1], "linf", r"$\max_i |h_{t,i} - h_{0,i}|$")):
-        for width, g in s[s.measure == measure].groupby("width"):
-            g = g.sort_values("step")
-            line, = ax.plot(g.step, g["mean"], marker=".", ms=3, label=f"width {width}")
-            sd = g["std"].fillna(0)
-            ax.fill_between(g.step, (g["mean"] - sd).clip(lower=1e-12), g["mean"] + sd,
-                            color=line.get_color(), alpha=0.2, lw=0)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training step t")
-        ax.set_ylabel(label)
-        ax.set_title(f"{layer}: mean ± s.d. over probes")
-        ax.legend()
+    groups = list(s.groupby("parameterization")) if "parameterization" in s.columns else [(None, s)]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(2 * PANEL[0], PANEL[1] * len(groups)), squeeze=False)
+    for row, (param, sp) in zip(axes, groups):
+        for ax, measure, label in ((row[0], "l2", r"$\|h_t - h_0\|_2$"),
+                                   (row[1], "linf", r"$\max_i |h_{t,i} - h_{0,i}|$")):
+            for width, g in sp[sp.measure == measure].groupby("width"):
+                g = g.sort_values("step")
+                line, = ax.plot(g.step, g["mean"], marker=".", ms=3, label=f"width {width}")
+                sd = g["std"].fillna(0)
+                ax.fill_between(g.step, (g["mean"] - sd).clip(lower=1e-12), g["mean"] + sd,
+                                color=line.get_color(), alpha=0.2, lw=0)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("training step t")
+            ax.set_ylabel(label)
+            ax.set_title(f"{param + ': ' if param else ''}{layer}, mean ± s.d. over probes")
+            ax.legend()
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)
@@ -64,6 +73,10 @@ def plot_drift(summary: pd.DataFrame, path: Path, layer: str | None = None) -> P
 
 def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, n_pairs: int = 4) -> Path:
     plt = _pyplot()
+    gram = _one_seed(gram)
+    if "parameterization" in gram.columns:  # one parameterization per figure keeps it readable
+        gram = gram[gram.parameterization == sorted(gram.parameterization.unique())[0]]
+        theory = None if theory is None else theory[theory.parameterization.isin(gram.parameterization.unique())]
     widths = sorted(gram.width.unique())
     layer = sorted(gram.layer.unique())[-1]
     g = gram[gram.layer == layer]
@@ -92,19 +105,23 @@ def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, n_pai
 
 
 def plot_neurons(neurons: pd.DataFrame, path: Path) -> Path:
+    """Histogram over neurons of the mean |h_t,i - h_0,i| at the last step; a panel per parameterization."""
     plt = _pyplot()
+    neurons = _one_seed(neurons)
     layer = sorted(neurons.layer.unique())[-1]
     n = neurons[neurons.layer == layer]
-    fig, ax = plt.subplots(figsize=PANEL)
+    groups = list(n.groupby("parameterization")) if "parameterization" in n.columns else [(None, n)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(PANEL[0] * len(groups), PANEL[1]), squeeze=False)
     positive = n.mean_abs_dev[n.mean_abs_dev > 0]
     bins = np.geomspace(positive.min(), positive.max(), 50) if len(positive) else 20
-    for width, g in n.groupby("width"):
-        ax.hist(g.mean_abs_dev, bins=bins, histtype="step", density=True, label=f"width {width}")
-    ax.set_xscale("log")
-    ax.set_xlabel(r"mean over probes of $|h_{t,i} - h_{0,i}|$ (last step)")
-    ax.set_ylabel("density over neurons i")
-    ax.set_title(layer)
-    ax.legend()
+    for ax, (param, g) in zip(axes[0], groups):
+        for width, gw in g.groupby("width"):
+            ax.hist(gw.mean_abs_dev, bins=bins, histtype="step", density=True, label=f"width {width}")
+        ax.set_xscale("log")
+        ax.set_xlabel(r"mean over probes of $|h_{t,i} - h_{0,i}|$ (last step)")
+        ax.set_ylabel("density over neurons i")
+        ax.set_title(f"{param + ': ' if param else ''}{layer}")
+        ax.legend()
     fig.tight_layout()
     out = _save(fig, path)
     plt.close(fig)
