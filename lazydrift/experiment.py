@@ -401,7 +401,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, device: str | None = None, p
     if shard is not None:
         run["shard"] = {"index": shard[0], "count": shard[1], "cells": [c.name for c in cells]}
     write_json(run, record)
-    task = make_task(recipe)
+    try:
+        task = make_task(recipe)
+    except BaseException as e:  # missing data and the like: say so in run.json too
+        run.update(status="failed", error=f"{type(e).__name__}: {e}")
+        write_json(run, record)
+        raise
     run["data"] = task.info
     write_csv(task.probe_table, out / "probes.csv")
     run["cells"] = []

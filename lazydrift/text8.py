@@ -231,15 +231,12 @@ def build_text8_mini(data_dir: str | os.PathLike) -> Path:
 
 
 def text8_instructions(data_dir: str | os.PathLike) -> str:
-    """How to get the real text8 by hand (used in error messages)."""
+    """How to get the real text8 by hand, in one line (used in error messages)."""
     d = Path(data_dir)
-    return (
-        f"text8 is not in {d}/ (looked for {d / 'text8'} and {d / 'text8.zip'}). Get it with\n"
-        f"    curl -L -o {d / 'text8.zip'} {TEXT8_URL} && unzip {d / 'text8.zip'} -d {d}\n"
-        f"or\n"
-        f"    wget -P {d} {TEXT8_URL} && unzip {d / 'text8.zip'} -d {d}\n"
-        f"or rerun with --download (download=True) to fetch it automatically "
-        f"({TEXT8_ZIP_SIZE:,} bytes). The offline corpus text8-mini needs no download.")
+    return (f"text8 is not in {d}/ (looked for {d / 'text8'} and {d / 'text8.zip'}); get it with "
+            f"`curl -L -o {d / 'text8.zip'} {TEXT8_URL} && unzip {d / 'text8.zip'} -d {d}` "
+            f"(or `wget -P {d} {TEXT8_URL}` then unzip), or rerun with --download to fetch it "
+            f"({TEXT8_ZIP_SIZE:,} bytes); the offline corpus text8-mini needs no download")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -325,7 +322,7 @@ def _download_text8_zip(dest: Path, data_dir: Path) -> None:
                 _check(dest, size, digest.hexdigest(), TEXT8_ZIP_SIZE, TEXT8_ZIP_SHA256)
     except (OSError, http.client.HTTPException) as exc:  # offline, timeout, reset, cut short
         raise DataNotFoundError(
-            f"downloading {TEXT8_URL} failed ({exc}).\n" + text8_instructions(data_dir)) from exc
+            f"downloading {TEXT8_URL} failed ({exc}); " + text8_instructions(data_dir)) from exc
     _remember_verified(dest, TEXT8_ZIP_SHA256)
 
 

@@ -80,6 +80,8 @@ def test_missing_data_is_one_line(tmp_path):
     p = run_cli("run", r, "--out", tmp_path / "o", "--quiet")
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.startswith("lazydrift: error:") and "text8" in p.stderr and "--download" in p.stderr
+    assert p.stderr.count("\n") == 1  # one line
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["status"] == "failed"
 
 
 scalars = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=8), st.booleans(),
