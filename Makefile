@@ -45,12 +45,16 @@ figures: $(STAMP)
 	$(PY) -m lazydrift figures --out results/figures
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_train.py
-	$(PY) benchmarks/bench_kernels.py
+	mkdir -p results/bench
+	$(PY) benchmarks/bench_train.py --json results/bench/train.json
+	$(PY) benchmarks/bench_kernels.py --json results/bench/kernels.json
+	$(PY) benchmarks/summary.py results/bench/train.json results/bench/kernels.json
 
 bench-quick: $(STAMP)
-	$(PY) benchmarks/bench_train.py --quick
-	$(PY) benchmarks/bench_kernels.py --quick
+	mkdir -p results/bench
+	$(PY) benchmarks/bench_train.py --quick --json results/bench/train-quick.json
+	$(PY) benchmarks/bench_kernels.py --quick --json results/bench/kernels-quick.json
+	$(PY) benchmarks/summary.py results/bench/train-quick.json results/bench/kernels-quick.json
 
 clean:
 	rm -rf results .pytest_cache
