@@ -31,9 +31,14 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _finish(fig, path: Path) -> Path:
+    """Lay out, write atomically and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", bbox_inches="tight")
+    plt.close(fig)
     return path
 
 
@@ -65,10 +70,7 @@ def plot_drift(summary: pd.DataFrame, path: Path, layer: str | None = None) -> P
             ax.set_ylabel(label)
             ax.set_title(f"{param + ': ' if param else ''}{layer}, mean ± s.d. over probes")
             ax.legend()
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(fig, path)
 
 
 def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, n_pairs: int = 4) -> Path:
@@ -98,10 +100,7 @@ def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, n_pai
         ax.set_ylabel(r"cosine of $h_t(x_i), h_t(x_j)$")
         ax.set_title(f"{layer}, width {width} (dashed: theory at t = 0)")
         ax.legend()
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(fig, path)
 
 
 def plot_neurons(neurons: pd.DataFrame, path: Path) -> Path:
@@ -122,10 +121,7 @@ def plot_neurons(neurons: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("density over neurons i")
         ax.set_title(f"{param + ': ' if param else ''}{layer}")
         ax.legend()
-    fig.tight_layout()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(fig, path)
 
 
 def plot_results(results_dir: str | Path) -> list[Path]:
