@@ -31,7 +31,7 @@ reproduce-prop4: $(STAMP)
 	$(PY) -m lazydrift plot results/table1-quick
 	$(PY) -m lazydrift plot results/mnist-drift-quick
 
-# Width sweeps, ntk vs muP vs standard (CPU scale, ~10 min on 2 cores): scaling.csv/.md/.png,
+# Width sweeps, ntk vs muP vs standard (CPU scale, ~3 min on 2 idle cores): scaling.csv/.md/.png,
 # scaling_slopes.png, and the word-analogy table analogy.md.  GPU scale: recipes/scaling.toml.
 reproduce-scaling: $(STAMP)
 	$(PY) -m lazydrift run recipes/scaling-quick.toml --quiet
