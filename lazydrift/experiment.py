@@ -119,7 +119,7 @@ def mnist_task(recipe: Recipe) -> Task:
     d = recipe.data
     x, labels = mnist.load_mnist_subset(d.n_train, seed=recipe.seed, train=True, root=d.mnist_root or None,
                                   data_dir=d.data_dir, download=d.download)
-    y = torch.nn.functional.one_hot(labels.long(), 10).to(x.dtype)
+    y = mnist.one_hot(labels, 10, dtype=x.dtype)
     n_probes = d.n_probes or len(x)
     g = torch.Generator().manual_seed(probe_seed(recipe.seed))
     probe_rows = torch.randperm(len(x), generator=g)[:n_probes].sort().values
@@ -259,8 +259,7 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
 
     def on_step(step: int, loss: float) -> None:
         if step in schedule_set:
-            rec.record(step)
-            l2 = rec._drift[-1]["l2"]
+            l2 = rec.record(step)[rec.layers[-1]]
             if not np.all(np.isfinite(l2)):
                 raise DivergenceError(step, loss, t.lr, what=f"{rec.layers[-1]} activation")
             latest["l2"] = f"{np.mean(l2):.4g}"

@@ -56,3 +56,18 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 
 def write_json(obj, path: str | os.PathLike) -> Path:
     return write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", path)
+
+
+def write_figure(fig, path: str | os.PathLike, tight: bool = True, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it.
+
+    ``tight=False`` keeps a layout set by hand (``tight_layout`` is slow on large grids).
+    """
+    import matplotlib.pyplot as plt
+
+    if tight:
+        fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", **savefig_kwargs)
+    plt.close(fig)
+    return Path(path)

@@ -48,7 +48,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from lazydrift import mnist  # noqa: E402
-from lazydrift.export import atomic_write, write_csv  # noqa: E402
+from lazydrift.export import write_csv, write_figure  # noqa: E402
 from lazydrift.kernels import correlations, h, h_prime, normalized_kernel, normalized_kernel_recurrence  # noqa: E402
 from lazydrift.regression import KernelFlow  # noqa: E402
 
@@ -94,11 +94,7 @@ def depth_rule(max_cos: float) -> float:
 
 # -- plotting helpers ---------------------------------------------------------------------------
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=150)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path, dpi=150)
 
 
 # -- Figure 2 -----------------------------------------------------------------------------------

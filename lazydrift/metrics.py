@@ -88,12 +88,3 @@ def pair_change_stats(frame: pd.DataFrame, value: str = "inner") -> pd.DataFrame
     out = f.groupby(["layer", "i", "j"], sort=False).agg(
         total_variation=("_abs_step", "sum"), max_change=("_dev", "max"), rel_change=("_rel", "last"))
     return out.reset_index()
-
-
-def mean_sd(values: np.ndarray) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof = 1), ignoring NaN; s.d. is NaN for one value."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if v.size == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lazydrift.export import atomic_write
-from lazydrift.text8 import CorruptDataError, DataNotFoundError
+from lazydrift.text8 import CorruptDataError, DataNotFoundError, sha256_file
 
 __all__ = ["DataNotFoundError", "CorruptDataError", "FILES", "find_mnist_root", "load_mnist", "to_sphere",
            "load_mnist_sphere", "load_mnist_subset", "sample_indices", "one_hot"]
@@ -158,14 +158,9 @@ def _check_folder(folder: Path, compressed: bool) -> None:
         with open(path, "rb") as f:
             header = f.read(16)
         _check_idx(name, header, path.stat().st_size, path)
-        if name in sums:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(_CHUNK), b""):
-                    digest.update(chunk)
-            if digest.hexdigest() != sums[name]:
-                raise CorruptDataError(f"{path}: SHA-256 {digest.hexdigest()} does not match SHA256SUMS "
-                                       f"({sums[name]}); delete it and fetch MNIST again.")
+        if name in sums and (digest := sha256_file(path)) != sums[name]:
+            raise CorruptDataError(f"{path}: SHA-256 {digest} does not match SHA256SUMS "
+                                   f"({sums[name]}); delete it and fetch MNIST again.")
 
 
 def _decompress_all(src: Path, dst: Path) -> None:
@@ -204,10 +199,4 @@ def _intact(path: Path, name: str, sha: str | None) -> bool:
         _check_idx(name, header, path.stat().st_size, path)
     except CorruptDataError:
         return False
-    if sha is None:
-        return True
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == sha
+    return sha is None or sha256_file(path) == sha

@@ -107,36 +107,29 @@ class _LinearSGD(torch.autograd.Function):
         return grad_x, None, None, None
 
 
-class _EmbeddingSGD(torch.autograd.Function):
-    """y = m * W[ids] whose backward scatters the SGD step into the looked-up rows of W."""
+class _InputSGD(torch.autograd.Function):
+    """First layer y = m * x W (W stored in-by-width) whose backward applies the SGD step to W in place.
 
-    @staticmethod
-    def forward(ctx, ids, weight, multiplier, lr):
-        ctx.save_for_backward(ids)
-        ctx.weight, ctx.multiplier, ctx.lr = weight, multiplier, lr
-        return _lookup(ids, weight, multiplier)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (ids,) = ctx.saved_tensors
-        ctx.weight.index_add_(0, ids.reshape(-1), grad_out.reshape(-1, grad_out.shape[-1]),
-                              alpha=-ctx.lr * ctx.multiplier)
-        return None, None, None, None
-
-
-class _DenseInputSGD(torch.autograd.Function):
-    """y = m * x @ W (W stored in-by-width) whose backward applies the SGD step to W in place."""
+    Integer ``x`` are token ids: the forward looks rows up and the backward scatters the step
+    into those rows only; float ``x`` use the dense product and its rank-B update.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, multiplier, lr):
         ctx.save_for_backward(x)
         ctx.weight, ctx.multiplier, ctx.lr = weight, multiplier, lr
-        return scaled_mm(x, weight, multiplier)
+        if torch.is_floating_point(x):
+            return scaled_mm(x, weight, multiplier)
+        return _lookup(x, weight, multiplier)
 
     @staticmethod
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
-        ctx.weight.addmm_(x.t(), grad_out, alpha=-ctx.lr * ctx.multiplier)
+        alpha = -ctx.lr * ctx.multiplier
+        if torch.is_floating_point(x):
+            ctx.weight.addmm_(x.t(), grad_out, alpha=alpha)
+        else:
+            ctx.weight.index_add_(0, x.reshape(-1), grad_out.reshape(-1, grad_out.shape[-1]), alpha=alpha)
         return None, None, None, None
 
 
@@ -189,13 +182,10 @@ class InputLayer(nn.Module):
             self.weight.normal_(0.0, self.init_std, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = self.sgd_lr is not None and torch.is_grad_enabled()
+        if self.sgd_lr is not None and torch.is_grad_enabled():
+            return _InputSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
         if not torch.is_floating_point(x):
-            if fused:
-                return _EmbeddingSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
             return _lookup(x, self.weight, self.multiplier)
-        if fused:
-            return _DenseInputSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
         return scaled_mm(x, self.weight, self.multiplier)
 
     def extra_repr(self) -> str:

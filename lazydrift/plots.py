@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .export import atomic_write
+from .export import write_figure
 
 PANEL = (3.4, 2.6)
 
@@ -29,17 +29,6 @@ def _pyplot():
 
     plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "legend.fontsize": 7, "figure.dpi": 150})
     return plt
-
-
-def _finish(fig, path: Path) -> Path:
-    """Lay out, write atomically and close a figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _one_seed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +59,7 @@ def plot_drift(summary: pd.DataFrame, path: Path, layer: str | None = None) -> P
             ax.set_ylabel(label)
             ax.set_title(f"{param + ': ' if param else ''}{layer}, mean ± s.d. over probes")
             ax.legend()
-    return _finish(fig, path)
+    return write_figure(fig, path, bbox_inches="tight")
 
 
 def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, n_pairs: int = 4) -> Path:
@@ -100,7 +89,7 @@ def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, n_pai
         ax.set_ylabel(r"cosine of $h_t(x_i), h_t(x_j)$")
         ax.set_title(f"{layer}, width {width} (dashed: theory at t = 0)")
         ax.legend()
-    return _finish(fig, path)
+    return write_figure(fig, path, bbox_inches="tight")
 
 
 def plot_neurons(neurons: pd.DataFrame, path: Path) -> Path:
@@ -121,7 +110,7 @@ def plot_neurons(neurons: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("density over neurons i")
         ax.set_title(f"{param + ': ' if param else ''}{layer}")
         ax.legend()
-    return _finish(fig, path)
+    return write_figure(fig, path, bbox_inches="tight")
 
 
 def plot_results(results_dir: str | Path) -> list[Path]:

@@ -191,16 +191,21 @@ class DriftRecorder:
                                "(the hooks are removed when the block exits)")
 
     # -- recording -----------------------------------------------------------------------------
-    def record(self, step: int) -> None:
-        """Evaluate the probes without grad and append one row per (layer, probe)."""
+    def record(self, step: int) -> dict[str, np.ndarray]:
+        """Evaluate the probes without grad and append one row per (layer, probe).
+
+        Returns each layer's l2 per probe at this step (for progress bars and divergence checks).
+        """
         self._require_active("record")
         hs = self._probe_pass()
         probe = np.arange(self.n_probes)
+        l2_by_layer = {}
         for name in self.layers:
             h, h0 = hs[name], self.h0[name]
             l2, linf, ratio, mean_abs, max_abs = metrics.drift_stats(h, h0)
+            l2_by_layer[name] = l2.cpu().numpy()
             self._drift.append({"step": np.full(self.n_probes, step), "layer": [name] * self.n_probes,
-                                "probe": probe, "l2": l2.cpu().numpy(), "linf": linf.cpu().numpy(),
+                                "probe": probe, "l2": l2_by_layer[name], "linf": linf.cpu().numpy(),
                                 "ratio": ratio.cpu().numpy()})
             self._neurons[name] = (step, mean_abs.cpu().numpy(), max_abs.cpu().numpy())
             if self.pairs is not None:
@@ -209,6 +214,7 @@ class DriftRecorder:
                                            torch.as_tensor(j, device=h.device))
                 self._gram.append({"step": np.full(len(i), step), "layer": [name] * len(i),
                                    "i": i, "j": j, **terms})
+        return l2_by_layer
 
     # -- results -------------------------------------------------------------------------------
     def frame(self) -> pd.DataFrame:

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .export import atomic_write, write_csv, write_text
+from .export import write_csv, write_figure, write_text
 
 DRIFT_MEASURES = ("l2", "linf", "ratio")
 GRAM_MEASURES = {"gram_max_change": "median_max_change", "gram_rel_change": "median_rel_change"}
@@ -205,10 +205,7 @@ def plot_scaling(pts: pd.DataFrame, table: pd.DataFrame, path: str | Path, layer
             if r == 0 and c == 0 and steps:
                 ax.legend(fontsize=5, loc="best", ncol=2)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.93, wspace=0.35, hspace=0.6)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")  # a fixed layout: tight_layout doubles the drawing time
-    plt.close(fig)
-    return Path(path)
+    return write_figure(fig, path, tight=False)  # a fixed layout: tight_layout doubles the drawing time
 
 
 def write_scaling(out: str | Path, summary: pd.DataFrame, gram_summary: pd.DataFrame | None,
@@ -268,10 +265,7 @@ def plot_slopes(table: pd.DataFrame, path: str | Path, layer: str | None = None)
         ax.set_title(f"{layer}: exponent of {m} (dashed: theory)", fontsize=7)
         ax.legend(fontsize=6)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.18, top=0.88, wspace=0.3)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return Path(path)
+    return write_figure(fig, path, tight=False)
 
 
 def scaling_markdown(table: pd.DataFrame) -> str:

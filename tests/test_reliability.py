@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -59,7 +58,7 @@ def test_same_seed_same_files(tiny_recipe, tmp_path):
     for name in ("a", "b"):
         assert run_cli("run", recipe, "--out", tmp_path / name, "--quiet").returncode == 0
     same_csvs(tmp_path / "a", tmp_path / "b")
-    p = run_cli("run", recipe, "--out", tmp_path / "c", "--quiet", "--seed", "1")
+    run_cli("run", recipe, "--out", tmp_path / "c", "--quiet", "--seed", "1")
     assert (tmp_path / "c" / "drift.csv").read_bytes() != (tmp_path / "a" / "drift.csv").read_bytes()
 
 
