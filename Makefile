@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # (../shared/data/MNIST/raw), else data/ (add --download to fetch them there).
 export LAZYDRIFT_MNIST_ROOT ?= $(firstword $(wildcard $(abspath ../shared/data)))
 
-.PHONY: install demo test reproduce-table1 reproduce-prop4 reproduce-table2 reproduce-scaling figures bench bench-quick clean
+.PHONY: install demo test test-fast reproduce-table1 reproduce-prop4 reproduce-table2 reproduce-scaling figures bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The edit loop: everything but the end-to-end tier (tests marked slow).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 reproduce-table1: $(STAMP)
 	$(PY) -m lazydrift run recipes/table1.toml --download
