@@ -1,8 +1,12 @@
 """Tables for people: the cells of a run combined, Table 1 in the paper's layout, Gram summaries.
 
-:func:`aggregate` reads ``OUT/cells/*/`` and writes the combined CSVs at the top of ``OUT``.
-Rows carry the cell's ``width``; ``parameterization`` and ``seed`` columns are added in front
-when a run has more than one of them.
+:func:`aggregate` reads ``OUT/cells/*/`` and writes the combined CSVs at the top of ``OUT``, once,
+at the end of a run and in ``lazydrift merge``.  Every combined row starts with its cell's
+``parameterization``, ``seed`` and ``width`` (the same columns whatever the run).
+
+Layer order: each cell stores the order of its recorded layers (the model's forward order,
+``cell.json`` ``layers``; run.json repeats it), and every reader takes "the last layer" from it,
+never from sorting names (``hidden.10`` sorts before ``hidden.9`` as a string).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .errors import UserError
 from .export import write_csv, write_text
 
 # Table 1 of the paper: mean (s.d.) over inputs at widths 10K and 30K.
@@ -25,6 +30,7 @@ PAPER_TABLE1 = {
 MEASURE_LABELS = {"l2": "‖h_t − h_0‖₂", "linf": "max_i |h_t,i − h_0,i|",
                   "ratio": "‖h_t − h_0‖₂ / max_i |h_t,i − h_0,i|"}
 CELL_FILES = ("drift", "summary", "neurons", "losses", "gram", "init_theory", "noise_floor")
+KEYS = ["parameterization", "seed", "width"]  # the columns in front of every combined row
 
 
 # -- per cell ----------------------------------------------------------------------------------
@@ -78,9 +84,35 @@ def read_cells(*dirs: Path) -> list[tuple[dict, Path]]:
     return found
 
 
-def key_columns(infos: list[dict]) -> list[str]:
-    keys = [k for k in ("parameterization", "seed") if len({i[k] for i in infos}) > 1]
-    return keys + ["width"]
+def layer_order(infos: list[dict], present=()) -> list[str]:
+    """The recorded layers in the order the cells stored (forward order); all cells must agree.
+
+    Results written before cells stored it fall back to the NTKMLP forward order of the names
+    ``present`` in the files (:func:`forward_order`).
+    """
+    orders = {tuple(i["layers"]) for i in infos if i.get("layers")}
+    if len(orders) > 1:
+        raise UserError(f"the cells record different layers ({' vs '.join(map(str, orders))}); combine only cells "
+                        "of one recipe")
+    return list(orders.pop()) if orders else forward_order(present)
+
+
+def stored_layers(out: Path, present=()) -> list[str]:
+    """The layer order of a results folder: run.json's ``layers``, else its cells', else :func:`forward_order`."""
+    run = Path(out) / "run.json"
+    layers = json.loads(run.read_text()).get("layers") if run.is_file() else None
+    return list(layers) if layers else layer_order([i for i, _ in read_cells(Path(out))], present)
+
+
+def forward_order(names) -> list[str]:
+    """NTKMLP's forward order of module names (``hidden.k`` by k as a number, then ``readout``);
+    only for results that do not store their order."""
+    def key(name: str):
+        parts = name.split(".")
+        if parts[0] == "hidden" and all(p.isdigit() for p in parts[1:]) and len(parts) > 1:
+            return (0, *map(int, parts[1:]))
+        return (1, name) if name == "readout" else (2, name)
+    return sorted(dict.fromkeys(names), key=key)
 
 
 def combine(cells: list[tuple[dict, Path]], name: str, keys: list[str]) -> pd.DataFrame:
@@ -99,7 +131,8 @@ def aggregate(out: Path, recipe=None, info: dict | None = None, *, sources: list
     cells = read_cells(*(sources or [out]))
     if not cells:
         return {}
-    keys = key_columns([c[0] for c in cells])
+    keys = KEYS
+    infos = [c[0] for c in cells]
     frames = {name: combine(cells, name, keys) for name in CELL_FILES}
     for name, frame in frames.items():
         if len(frame):
@@ -109,15 +142,16 @@ def aggregate(out: Path, recipe=None, info: dict | None = None, *, sources: list
         write_csv(gram_pairs(frames["gram"], keys), out / "gram_pairs.csv")
         gsum = gram_summary(frames["gram"], frames["noise_floor"], keys)
         write_csv(gsum, out / "gram_summary.csv")
+    last = layer_order(infos, frames["summary"].get("layer", ()))[-1] if len(frames["summary"]) else None
     if len(frames["summary"]):  # width sweeps (>= 3 widths): scaling.csv, scaling.png; text8: analogy.csv/md
         from . import analogy, scaling
 
-        scaling.write_scaling(out, frames["summary"], gsum, [c[0] for c in cells], recipe)
+        scaling.write_scaling(out, frames["summary"], gsum, layer=last)
         analogy.write_combined(out, cells)
     if len(frames["init_theory"]):
         write_csv(init_theory_summary(frames["init_theory"], keys), out / "init_theory_summary.csv")
-    final = final_summary(frames["summary"], keys)
-    if recipe is not None and len(final) and keys == ["width"]:
+    final = final_summary(frames["summary"], keys, last)
+    if recipe is not None and len(final) and final.parameterization.nunique() == 1 and final.seed.nunique() == 1:
         write_text(table1_markdown(recipe, final, info or {}), out / "table1.md")
     return frames
 
@@ -165,11 +199,10 @@ def init_theory_summary(theory: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 # -- Table 1 ---------------------------------------------------------------------------------------
-def final_summary(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Rows of summary.csv at each cell's last recorded step, for its last recorded layer."""
+def final_summary(summary: pd.DataFrame, keys: list[str], layer: str) -> pd.DataFrame:
+    """Rows of summary.csv at each cell's last recorded step, for ``layer`` (the last recorded one)."""
     if summary.empty:
         return summary
-    layer = sorted(summary.layer.unique())[-1]
     s = summary[summary.layer == layer]
     last = s.groupby(keys).step.transform("max")
     return s[s.step == last].reset_index(drop=True)
@@ -209,8 +242,10 @@ def table1_markdown(recipe, final: pd.DataFrame, info: dict) -> str:
     head = ("| Measure, mean (s.d.) | " + " | ".join(f"ours, width = {w}" for w in widths)
             + " | paper, width = 10K | paper, width = 30K |")
     step = int(final.step.max())
+    layer = final.layer.iloc[0]
+    which = "Last hidden layer" if layer == f"hidden.{recipe.model.depth - 1}" else "Last recorded layer"
     lines = [f"# Table 1: {recipe.name}", "",
-             f"Last hidden layer ({final.layer.iloc[0]}) of a {recipe.model.depth}-hidden-layer ReLU network "
+             f"{which} ({layer}) of a {recipe.model.depth}-hidden-layer ReLU network "
              f"({'/'.join(recipe.parameterizations)} parameterization, input scale {recipe.model.input_scale}) "
              f"trained on {info.get('task', recipe.data.dataset)} "
              f"with SGD, lr = {recipe.train.lr}, batch {recipe.train.batch_size}, seed {recipe.seed}; "
