@@ -8,7 +8,7 @@
 
 Sized for a paper column (3.4 in wide panels) with labelled axes and the widths in the legend.
 Each figure shows one layer: the last recorded one, from the folder's stored layer order
-(:func:`lazydrift.report.stored_layers`).
+(:func:`lazydrift.rundir.stored_layers`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .export import write_figure
-from .report import stored_layers
+from .rundir import stored_layers
 
 PANEL = (3.4, 2.6)
 

@@ -5,13 +5,13 @@ at the end of a run and in ``lazydrift merge``.  Every combined row starts with 
 ``parameterization``, ``seed`` and ``width`` (the same columns whatever the run).
 
 Layer order: each cell stores the order of its recorded layers (the model's forward order,
-``cell.json`` ``layers``; run.json repeats it), and every reader takes "the last layer" from it,
-never from sorting names (``hidden.10`` sorts before ``hidden.9`` as a string).
+``cell.json`` ``layers``; run.json repeats it), and every reader takes "the last layer" from it
+(:func:`lazydrift.rundir.layer_order`), never from sorting names (``hidden.10`` sorts before
+``hidden.9`` as a string).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .errors import UserError
 from .export import write_csv, write_text
+from .rundir import layer_order, read_cells
 
 # Table 1 of the paper: mean (s.d.) over inputs at widths 10K and 30K.
 PAPER_TABLE1 = {
@@ -74,47 +74,6 @@ def noise_floor(rec) -> pd.DataFrame:
 
 
 # -- combining cells ------------------------------------------------------------------------------
-def read_cells(*dirs: Path) -> list[tuple[dict, Path]]:
-    """(cell.json content, folder) for every cell under ``dir/cells/``, in a stable order."""
-    found = []
-    for d in dirs:
-        for info_path in sorted(Path(d).glob("cells/*/cell.json")):
-            found.append((json.loads(info_path.read_text()), info_path.parent))
-    found.sort(key=lambda item: (item[0]["parameterization"], item[0]["seed"], item[0]["width"]))
-    return found
-
-
-def layer_order(infos: list[dict], present=()) -> list[str]:
-    """The recorded layers in the order the cells stored (forward order); all cells must agree.
-
-    Results written before cells stored it fall back to the NTKMLP forward order of the names
-    ``present`` in the files (:func:`forward_order`).
-    """
-    orders = {tuple(i["layers"]) for i in infos if i.get("layers")}
-    if len(orders) > 1:
-        raise UserError(f"the cells record different layers ({' vs '.join(map(str, orders))}); combine only cells "
-                        "of one recipe")
-    return list(orders.pop()) if orders else forward_order(present)
-
-
-def stored_layers(out: Path, present=()) -> list[str]:
-    """The layer order of a results folder: run.json's ``layers``, else its cells', else :func:`forward_order`."""
-    run = Path(out) / "run.json"
-    layers = json.loads(run.read_text()).get("layers") if run.is_file() else None
-    return list(layers) if layers else layer_order([i for i, _ in read_cells(Path(out))], present)
-
-
-def forward_order(names) -> list[str]:
-    """NTKMLP's forward order of module names (``hidden.k`` by k as a number, then ``readout``);
-    only for results that do not store their order."""
-    def key(name: str):
-        parts = name.split(".")
-        if parts[0] == "hidden" and all(p.isdigit() for p in parts[1:]) and len(parts) > 1:
-            return (0, *map(int, parts[1:]))
-        return (1, name) if name == "readout" else (2, name)
-    return sorted(dict.fromkeys(names), key=key)
-
-
 def combine(cells: list[tuple[dict, Path]], name: str, keys: list[str]) -> pd.DataFrame:
     parts = []
     for info, folder in cells:

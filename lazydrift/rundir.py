@@ -252,6 +252,48 @@ def clear(out: Path, cells: bool) -> None:
                 shutil.rmtree(path)
 
 
+# -- reading a folder ----------------------------------------------------------------------------
+def read_cells(*dirs: Path) -> list[tuple[dict, Path]]:
+    """(cell.json content, folder) for every cell under ``dir/cells/``, in a stable order."""
+    found = []
+    for d in dirs:
+        for info_path in sorted(Path(d).glob(f"{CELLS}/*/{CELL_FILE}")):
+            found.append((json.loads(info_path.read_text()), info_path.parent))
+    found.sort(key=lambda item: (item[0]["parameterization"], item[0]["seed"], item[0]["width"]))
+    return found
+
+
+def layer_order(infos: list[dict], present=()) -> list[str]:
+    """The recorded layers in the order the cells stored (forward order); all cells must agree.
+
+    Results written before cells stored it fall back to the NTKMLP forward order of the names
+    ``present`` in the files (:func:`forward_order`).
+    """
+    orders = {tuple(i["layers"]) for i in infos if i.get("layers")}
+    if len(orders) > 1:
+        raise UserError(f"the cells record different layers ({' vs '.join(map(str, orders))}); combine only cells "
+                        "of one recipe")
+    return list(orders.pop()) if orders else forward_order(present)
+
+
+def stored_layers(out: Path, present=()) -> list[str]:
+    """The layer order of a results folder: run.json's ``layers``, else its cells', else :func:`forward_order`."""
+    run = Path(out) / RUN_FILE
+    layers = json.loads(run.read_text()).get("layers") if run.is_file() else None
+    return list(layers) if layers else layer_order([i for i, _ in read_cells(Path(out))], present)
+
+
+def forward_order(names) -> list[str]:
+    """NTKMLP's forward order of module names (``hidden.k`` by k as a number, then ``readout``);
+    only for results that do not store their order."""
+    def key(name: str):
+        parts = name.split(".")
+        if parts[0] == "hidden" and all(p.isdigit() for p in parts[1:]) and len(parts) > 1:
+            return (0, *map(int, parts[1:]))
+        return (1, name) if name == "readout" else (2, name)
+    return sorted(dict.fromkeys(names), key=key)
+
+
 # -- the run record -------------------------------------------------------------------------------
 class RunRecord:
     """run.json (or a shard's shard-i-of-N.json): written when the run starts and at every exit."""

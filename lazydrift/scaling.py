@@ -211,7 +211,7 @@ def write_scaling(out: str | Path, summary: pd.DataFrame, gram_summary: pd.DataF
     """Write ``out/scaling.csv``, ``scaling.md`` (and the figures) when the cells span >= 3 widths.
 
     ``layer`` is the one the table and figures show: the last recorded layer, from the cells'
-    stored layer order (:func:`lazydrift.report.layer_order`); scaling.csv fits every layer.
+    stored layer order (:func:`lazydrift.rundir.layer_order`); scaling.csv fits every layer.
     """
     pts = points(summary, gram_summary, parameterization)
     if pts.empty or pts.width.nunique() < MIN_WIDTHS:

@@ -144,7 +144,7 @@ def merge(out, sources=()) -> dict:
     with rundir.lock(out):
         recipe = merged_recipe(dirs)
         digest = fingerprint_digest(recipe.fingerprint())
-        cells = report.read_cells(*dirs)
+        cells = rundir.read_cells(*dirs)
         if not cells:
             raise ShardError(f"no finished cells under {', '.join(str(d / 'cells') for d in dirs)}: run the shards first")
         seen: dict[str, Path] = {}
@@ -172,7 +172,7 @@ def merge(out, sources=()) -> dict:
         missing = [c.name for c in recipe.cells() if c.name not in seen]
         failed = [Cell(i["parameterization"], i["seed"], i["width"]).name for i in infos if i.get("status") != "completed"]
         run = {"merged": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sources": [str(d) for d in dirs],
-               "recipe": recipe.to_dict(), "fingerprint": digest, "layers": report.layer_order(infos), "data": info,
+               "recipe": recipe.to_dict(), "fingerprint": digest, "layers": rundir.layer_order(infos), "data": info,
                "shards": [r.get("shard") for r in records if r.get("shard")],
                "status": "completed" if not missing and not failed else "incomplete",
                "missing_cells": missing, "failed_cells": failed, "cells": infos}
