@@ -116,3 +116,19 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     """Every result file under ``folder`` (lock files aside): relative path -> bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
             if p.is_file() and not p.name.startswith(".")}
+
+
+# table1.md shows 4 decimals (half a unit: 5e-5); drift.csv holds float32 as text, whose round trip
+# moves a value by at most a float32 half-ulp (6e-8 relative), far below that.
+TABLE_ROUNDING = 5e-5 + 1e-6
+TABLE_ROWS = {"l2": "| ‖h_t − h_0‖₂ | ", "linf": "| max_i |h_t,i − h_0,i| | ", "ratio": "| ‖h_t − h_0‖₂ / max_i"}
+
+
+def table_cell(table: str, measure: str, column: str) -> tuple[float, float]:
+    """(mean, s.d.) that table1.md shows for ``measure`` (l2, linf, ratio) in ``column``."""
+    lines = table.splitlines()
+    head = [c.strip() for c in next(line for line in lines if line.startswith("| Measure")).strip("| ").split(" | ")]
+    row = next(line for line in lines if line.startswith(TABLE_ROWS[measure]))
+    values = row.rstrip(" |").split(" | ")  # the labels hold "|" but never " | "
+    mean, sd = values[head.index(column)].split(" (")
+    return float(mean), float(sd.rstrip(")"))

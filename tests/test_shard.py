@@ -1,4 +1,8 @@
-"""Sharding: --shard / torchrun / Slurm-array shards in separate processes, merged = unsharded run."""
+"""Sharding: --shard / torchrun / Slurm-array shards, their locks, and merged shards = the unsharded run.
+
+Exactness is claimed only between identically configured computations: in one process with one
+thread count (fast), or between subprocesses with the same OMP_NUM_THREADS (slow).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pandas as pd
 import pytest
 
 from lazydrift import cli, rundir
+from lazydrift.recipes import load_recipe
 from lazydrift.shard import ShardError, parse_shard, resolve_shard, shard_cells
 
 from conftest import DATA_DIR, ROOT
@@ -103,6 +108,7 @@ def same_files(whole, merged) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_merged_shards_equal_the_unsharded_run(tmp_path, monkeypatch, one_thread):
     """In one process with one thread count every cell is computed identically by construction, so
     the merge must reproduce the unsharded run's files exactly: a test of merging, not of BLAS."""
@@ -133,15 +139,13 @@ def test_merged_shards_equal_the_unsharded_run(tmp_path, monkeypatch, one_thread
     assert (shared / "analogy.md").is_file()
 
 
+@pytest.mark.slow
 def test_shards_share_a_folder_but_not_a_cell(tmp_path, capsys, monkeypatch, one_thread):
     for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
     recipe = tmp_path / "sweep.toml"
     recipe.write_text(SWEEP)
     out = tmp_path / "out"
-    from lazydrift.recipes import load_recipe
-    from lazydrift.shard import shard_cells
-
     held = shard_cells(load_recipe(recipe).cells(), 0, 3)
     with rundir.lock(out, cells=held):  # as if shard 0/3 were running
         capsys.readouterr()
@@ -182,6 +186,7 @@ def test_shards_in_separate_processes_merge_to_the_unsharded_run(tmp_path, monke
     assert (shared / "scaling.png").is_file()
 
 
+@pytest.mark.slow
 def test_merge_reports_missing_cells(tmp_path, monkeypatch, capsys, one_thread):
     for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
@@ -194,6 +199,7 @@ def test_merge_reports_missing_cells(tmp_path, monkeypatch, capsys, one_thread):
     assert "missing cells: ntk-s0-w16" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_merge_refuses_folders_of_different_recipes(tmp_path, monkeypatch, capsys, one_thread):
     for var in LAUNCHER_VARS:
         monkeypatch.delenv(var, raising=False)
