@@ -85,17 +85,15 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
     last checkpoint for ``--resume`` and no cell.json.
     """
     t = recipe.train
-    fingerprint = recipe.fingerprint()
-    digest = fingerprint_digest(fingerprint)
     cell_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(recipe, task, cell, device)
     rec = make_recorder(recipe, model, task, layers)
     sampler = task.make_sampler(sampler_seed(cell.seed))
     optimizer_step = sgd_step(model, t.lr, fused=t.fused_sgd)
     record_at = set(log_schedule(t.steps, recipe.record.points))
-    ckpt = Checkpointer(cell_dir, recipe.checkpoint.every_steps, recipe.checkpoint.every_minutes)
+    ckpt = Checkpointer(cell_dir, recipe, cell)
     done, losses, seconds_before = 0, [], 0.0
-    saved = ckpt.load(fingerprint, digest, cell) if resume else None
+    saved = ckpt.load() if resume else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         sampler.load_state_dict(saved["sampler"])
@@ -104,6 +102,11 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
         done, seconds_before = int(saved["step"]), float(saved["seconds"])
         losses = [(int(s), float(v)) for s, v in saved["losses"]]
         del saved  # its copy of the weights is in the model now
+
+    def state(step: int) -> dict:  # what --resume needs to continue after ``step``
+        return {"step": step, "losses": [list(pair) for pair in losses], "model": model.state_dict(),
+                "sampler": sampler.state_dict(), "recorder": rec.state_dict(), "torch_rng": torch.get_rng_state(),
+                "seconds": seconds_before + time.perf_counter() - start}
 
     status, error, extras = "completed", "", {}
     start = shown = time.perf_counter()
@@ -125,11 +128,7 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
                         if not np.isfinite(l2).all():
                             raise DivergenceError(step, loss, t.lr, what=f"{layer} activation")
                 if ckpt.due(step) and step < t.steps:
-                    ckpt.save({"step": step, "losses": [list(x) for x in losses], "model": model.state_dict(),
-                               "sampler": sampler.state_dict(), "recorder": rec.state_dict(),
-                               "torch_rng": torch.get_rng_state(),
-                               "seconds": seconds_before + time.perf_counter() - start},
-                              recipe.to_dict(), digest, cell)
+                    ckpt.save(state(step))
                 bar.update(1)
                 if progress and time.perf_counter() - shown > 1.0:
                     bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
@@ -143,11 +142,11 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
     seconds = seconds_before + time.perf_counter() - start
 
     rec.release_model()  # free the trained weights before the untouched copy is built
-    del model, optimizer_step
+    del model, optimizer_step, state
     floor = record_noise_floor(recipe, task, cell, device, layers) if recipe.record.noise_floor and status == "completed" else None
     write_cell_outputs(rec, losses, floor, task, cell_dir)
     info = {**cell.keys(), "status": status, "error": error, "steps_done": done, "layers": layers,
-            "fingerprint": digest, "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(1, done), 6),
+            "fingerprint": fingerprint_digest(recipe.fingerprint()), "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(1, done), 6),
             "final_loss": losses[-1][1] if losses else None, **extras}
     write_json(info, cell_dir / "cell.json")
     ckpt.remove()  # the cell is final: its CSVs hold everything the checkpoint held

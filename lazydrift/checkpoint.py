@@ -18,7 +18,7 @@ import torch
 
 from .errors import UserError
 from .export import atomic_write
-from .recipes import Cell, RecipeError, fingerprint_differences, recipe_from_dict
+from .recipes import Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest, recipe_from_dict
 
 FILENAME = "checkpoint.pt"
 
@@ -28,11 +28,11 @@ class ForeignCheckpointError(UserError):
 
 
 class Checkpointer:
-    """Saves a cell's state every ``every_steps`` steps or ``every_minutes`` minutes, atomically."""
+    """Saves a cell's state every ``[checkpoint] every_steps`` steps or ``every_minutes`` minutes, atomically."""
 
-    def __init__(self, cell_dir: Path, every_steps: int, every_minutes: float):
-        self.path = Path(cell_dir) / FILENAME
-        self.every_steps, self.every_seconds = every_steps, every_minutes * 60
+    def __init__(self, cell_dir: Path, recipe: Recipe, cell: Cell):
+        self.path, self.recipe, self.cell = Path(cell_dir) / FILENAME, recipe, cell
+        self.every_steps, self.every_seconds = recipe.checkpoint.every_steps, recipe.checkpoint.every_minutes * 60
         self.last = time.monotonic()
 
     def due(self, step: int) -> bool:
@@ -40,35 +40,37 @@ class Checkpointer:
             return True
         return bool(self.every_seconds) and time.monotonic() - self.last >= self.every_seconds
 
-    def save(self, payload: dict, recipe: dict, digest: str, cell: Cell) -> None:
+    def save(self, state: dict) -> None:
         with atomic_write(self.path, "wb") as f:
-            torch.save({**payload, "recipe": recipe, "fingerprint": digest, "cell": cell.name}, f)
+            torch.save({**state, "recipe": self.recipe.to_dict(),
+                        "fingerprint": fingerprint_digest(self.recipe.fingerprint()), "cell": self.cell.name}, f)
         self.last = time.monotonic()
 
-    def load(self, fingerprint: dict, digest: str, cell: Cell) -> dict | None:
-        """The saved state, or None without a checkpoint; raises if it belongs elsewhere."""
+    def load(self) -> dict | None:
+        """The saved state, or None without a checkpoint; raises if it belongs to another recipe or cell."""
         if not self.path.is_file():
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=True)
-        check(state, self.path, fingerprint, digest, cell)
+        check(state, self.path, self.recipe, self.cell)
         return state
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
-def check_file(path: Path, fingerprint: dict, digest: str, cell: Cell) -> None:
+def check_file(path: Path, recipe: Recipe, cell: Cell) -> None:
     """Check the checkpoint at ``path`` against a recipe and cell without reading its tensors."""
-    check(torch.load(path, map_location="cpu", weights_only=True, mmap=True), path, fingerprint, digest, cell)
+    check(torch.load(path, map_location="cpu", weights_only=True, mmap=True), path, recipe, cell)
 
 
-def check(state: dict, path: Path, fingerprint: dict, digest: str, cell: Cell) -> None:
-    if state.get("cell") != cell.name or state.get("fingerprint") != digest:
-        theirs = state.get("recipe")
-        what = (", ".join(fingerprint_differences(_fingerprint_of(theirs), fingerprint)) if isinstance(theirs, dict)
-                else "it carries no recipe")
-        raise ForeignCheckpointError(f"{path} was written for another recipe or cell ({what or state.get('cell')}); "
-                                     "rerun with --overwrite to start afresh or choose another --out")
+def check(state: dict, path: Path, recipe: Recipe, cell: Cell) -> None:
+    if state.get("cell") == cell.name and state.get("fingerprint") == fingerprint_digest(recipe.fingerprint()):
+        return
+    theirs = state.get("recipe")
+    what = (", ".join(fingerprint_differences(_fingerprint_of(theirs), recipe.fingerprint()))
+            if isinstance(theirs, dict) else "it names no recipe")
+    raise ForeignCheckpointError(f"{path} was written for another recipe or cell ({what or state.get('cell')}); "
+                                 "rerun with --overwrite to start afresh or choose another --out")
 
 
 def _fingerprint_of(recipe: dict) -> dict:

@@ -140,7 +140,10 @@ class Cell:
         return f"{self.parameterization}-s{self.seed}-w{self.width}"
 
     def keys(self) -> dict:
-        return {"parameterization": self.parameterization, "seed": self.seed, "width": self.width}
+        return dataclasses.asdict(self)
+
+
+CELL_KEYS = [f.name for f in dataclasses.fields(Cell)]  # a cell's coordinates: the key columns of every result
 
 
 def fingerprint_digest(fingerprint: dict) -> str:

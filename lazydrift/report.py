@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import metrics
 from .export import write_csv, write_text
+from .recipes import CELL_KEYS
 from .rundir import layer_order, read_cells
 
 # Table 1 of the paper: mean (s.d.) over inputs at widths 10K and 30K.
@@ -30,7 +31,7 @@ PAPER_TABLE1 = {
 MEASURE_LABELS = {"l2": "‖h_t − h_0‖₂", "linf": "max_i |h_t,i − h_0,i|",
                   "ratio": "‖h_t − h_0‖₂ / max_i |h_t,i − h_0,i|"}
 CELL_FILES = ("drift", "summary", "neurons", "losses", "gram", "init_theory", "noise_floor")
-KEYS = ["parameterization", "seed", "width"]  # the columns in front of every combined row
+KEYS = CELL_KEYS  # parameterization, seed, width: the columns in front of every combined row
 
 
 # -- per cell ----------------------------------------------------------------------------------

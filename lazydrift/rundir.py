@@ -41,7 +41,7 @@ from typing import Iterator
 from .checkpoint import check_file
 from .errors import UserError
 from .export import write_json
-from .recipes import Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest, recipe_from_dict
+from .recipes import CELL_KEYS, Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest, recipe_from_dict
 
 RECIPE_FILE = "recipe.json"
 RUN_FILE = "run.json"
@@ -207,7 +207,7 @@ def claim(out: Path, recipe: Recipe, cells: list[Cell], *, resume: bool, overwri
                                   "rerun with --overwrite to start afresh or choose another --out")
             ckpt = out / CELLS / cell.name / CHECKPOINT_FILE
             if info is None and ckpt.is_file():
-                check_file(ckpt, ours, digest, cell)
+                check_file(ckpt, recipe, cell)
     else:
         unfinished = [c.name for c in cells if (out / CELLS / c.name / CHECKPOINT_FILE).is_file()]
         if unfinished:
@@ -259,7 +259,7 @@ def read_cells(*dirs: Path) -> list[tuple[dict, Path]]:
     for d in dirs:
         for info_path in sorted(Path(d).glob(f"{CELLS}/*/{CELL_FILE}")):
             found.append((json.loads(info_path.read_text()), info_path.parent))
-    found.sort(key=lambda item: (item[0]["parameterization"], item[0]["seed"], item[0]["width"]))
+    found.sort(key=lambda item: tuple(item[0][k] for k in CELL_KEYS))
     return found
 
 

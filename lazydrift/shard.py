@@ -34,7 +34,7 @@ from typing import Mapping, Sequence, TypeVar
 
 from . import report, rundir
 from .export import write_json
-from .recipes import Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest, recipe_from_dict
+from .recipes import CELL_KEYS, Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest, recipe_from_dict
 
 T = TypeVar("T")
 
@@ -170,7 +170,7 @@ def merge(out, sources=()) -> dict:
         report.aggregate(out, recipe, info, sources=dirs)
         infos = [i for i, _ in cells]
         missing = [c.name for c in recipe.cells() if c.name not in seen]
-        failed = [Cell(i["parameterization"], i["seed"], i["width"]).name for i in infos if i.get("status") != "completed"]
+        failed = [Cell(**{k: i[k] for k in CELL_KEYS}).name for i in infos if i.get("status") != "completed"]
         run = {"merged": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sources": [str(d) for d in dirs],
                "recipe": recipe.to_dict(), "fingerprint": digest, "layers": rundir.layer_order(infos), "data": info,
                "shards": [r.get("shard") for r in records if r.get("shard")],
