@@ -1,21 +1,33 @@
 """Command line: ``lazydrift run RECIPE.toml [--out DIR] [--device cpu|cuda|auto] [--seed N]``.
 
-Bad input (a recipe mistake, missing data) prints one line naming the file and the key or
-the fix, and exits with status 2, without a traceback.
+Exit status: 0 done; 2 bad input (a recipe mistake, an unusable or foreign output folder, a
+run already writing there, too little memory, missing or corrupt data), printed as one line
+naming the file, key or argument and the fix, without a traceback; 3 training diverged;
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM, e.g. a Slurm time limit).  An unexpected
+error keeps its traceback (status 1).  In every case the run record (run.json) says how the
+run ended.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run record says ``interrupted``."""
 
 
 def _error(msg: str, code: int = EXIT_BAD_INPUT) -> int:
-    print(f"lazydrift: error: {msg}", file=sys.stderr)
+    print(f"lazydrift: error: {' '.join(msg.split())}", file=sys.stderr)  # always one line
     return code
 
 
@@ -34,7 +46,8 @@ def cmd_run(args) -> int:
     shard = resolve_shard(args.shard)  # --shard i/N, torchrun's RANK/WORLD_SIZE or a Slurm array
     if shard is not None:
         bind_local_device()
-    run = run_recipe(recipe, out, device=args.device, progress=not args.quiet, resume=args.resume, shard=shard)
+    run = run_recipe(recipe, out, device=args.device, progress=not args.quiet, resume=args.resume,
+                     overwrite=args.overwrite, shard=shard)
     if shard is not None:
         print(f"lazydrift: shard {shard[0]}/{shard[1]} wrote {len(run['cells'])} cells to {out}/cells/ "
               f"(status: {run['status']}, {run['wall_seconds']:.1f} s); combine with `lazydrift merge {out}`")
@@ -93,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                      help="override a recipe key, e.g. --set train.steps=10 (repeatable)")
     run.add_argument("--download", action="store_true", help="allow downloading missing data")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out: skip finished cells, resume the rest from checkpoints")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out: keep finished cells, resume the rest from checkpoints")
+    again.add_argument("--overwrite", action="store_true",
+                       help="remove every result in --out (of any recipe) and start afresh")
     run.add_argument("--quiet", action="store_true", help="no progress bars or table")
     run.add_argument("--shard", metavar="I/N", help="run only cells I, I+N, ... (0-based I) and leave combining to "
                      "`lazydrift merge`; default from torchrun (RANK/WORLD_SIZE) or a Slurm array")
@@ -114,23 +130,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    raise Terminated("terminated by SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .recipes import RecipeError
+    from .errors import UserError
+    from .text8 import DataNotFoundError  # and its subclass CorruptDataError: the message says how to fix it
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in FORWARDED:  # everything after the subcommand belongs to its own parser
         return cmd_forward(argparse.Namespace(command=argv[0], rest=argv[1:]))
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.func(args)
-    except RecipeError as e:
+    except (UserError, DataNotFoundError) as e:
         return _error(str(e))
+    except Terminated:
+        return _error("terminated (SIGTERM); continue with --resume", EXIT_TERMINATED)
     except KeyboardInterrupt:
-        return _error("interrupted", 130)
-    except Exception as e:  # data errors carry their fix in the message
-        if type(e).__name__ == "DataNotFoundError":
-            return _error(str(e))
-        raise
+        return _error("interrupted; continue with --resume", EXIT_INTERRUPTED)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

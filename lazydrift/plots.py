@@ -7,6 +7,8 @@
 * ``neurons.png``: the distribution over neurons of the mean |h_t,i - h_0,i| at the last step.
 
 Sized for a paper column (3.4 in wide panels) with labelled axes and the widths in the legend.
+Each figure shows one layer: the last recorded one, from the folder's stored layer order
+(:func:`lazydrift.rundir.stored_layers`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .export import write_figure
+from .rundir import stored_layers
 
 PANEL = (3.4, 2.6)
 
@@ -36,11 +39,10 @@ def _one_seed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame.seed == frame.seed.min()] if "seed" in frame.columns else frame
 
 
-def plot_drift(summary: pd.DataFrame, path: Path, layer: str | None = None) -> Path:
-    """Mean l2 and linf against the step, one line per width; one row of panels per parameterization."""
+def plot_drift(summary: pd.DataFrame, path: Path, layer: str) -> Path:
+    """Mean l2 and linf of ``layer`` against the step, one line per width; a row of panels per parameterization."""
     plt = _pyplot()
     summary = _one_seed(summary)
-    layer = layer or sorted(summary.layer.unique())[-1]
     s = summary[(summary.layer == layer) & (summary.step > 0)]
     groups = list(s.groupby("parameterization")) if "parameterization" in s.columns else [(None, s)]
     fig, axes = plt.subplots(len(groups), 2, figsize=(2 * PANEL[0], PANEL[1] * len(groups)), squeeze=False)
@@ -62,14 +64,14 @@ def plot_drift(summary: pd.DataFrame, path: Path, layer: str | None = None) -> P
     return write_figure(fig, path, bbox_inches="tight")
 
 
-def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, n_pairs: int = 4) -> Path:
+def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, layer: str, n_pairs: int = 4) -> Path:
+    """Cosines of the ``n_pairs`` pairs of ``layer`` that moved most, against the step, one panel per width."""
     plt = _pyplot()
     gram = _one_seed(gram)
     if "parameterization" in gram.columns:  # one parameterization per figure keeps it readable
         gram = gram[gram.parameterization == sorted(gram.parameterization.unique())[0]]
         theory = None if theory is None else theory[theory.parameterization.isin(gram.parameterization.unique())]
     widths = sorted(gram.width.unique())
-    layer = sorted(gram.layer.unique())[-1]
     g = gram[gram.layer == layer]
     # the pairs whose inner product changed most at the largest width, for visibility
     last = g[(g.width == widths[-1]) & (g.step == g[g.width == widths[-1]].step.max())]
@@ -92,11 +94,11 @@ def plot_gram(gram: pd.DataFrame, theory: pd.DataFrame | None, path: Path, n_pai
     return write_figure(fig, path, bbox_inches="tight")
 
 
-def plot_neurons(neurons: pd.DataFrame, path: Path) -> Path:
-    """Histogram over neurons of the mean |h_t,i - h_0,i| at the last step; a panel per parameterization."""
+def plot_neurons(neurons: pd.DataFrame, path: Path, layer: str) -> Path:
+    """Histogram over the neurons of ``layer`` of the mean |h_t,i - h_0,i| at the last step; a panel per
+    parameterization."""
     plt = _pyplot()
     neurons = _one_seed(neurons)
-    layer = sorted(neurons.layer.unique())[-1]
     n = neurons[neurons.layer == layer]
     groups = list(n.groupby("parameterization")) if "parameterization" in n.columns else [(None, n)]
     fig, axes = plt.subplots(1, len(groups), figsize=(PANEL[0] * len(groups), PANEL[1]), squeeze=False)
@@ -118,10 +120,12 @@ def plot_results(results_dir: str | Path) -> list[Path]:
     d = Path(results_dir)
     if not (d / "summary.csv").is_file():
         raise FileNotFoundError(f"{d}: no summary.csv here; run `lazydrift run RECIPE --out {d}` first")
-    written = [plot_drift(pd.read_csv(d / "summary.csv"), d / "drift.png")]
+    summary = pd.read_csv(d / "summary.csv")
+    layer = stored_layers(d, summary.layer.unique())[-1]
+    written = [plot_drift(summary, d / "drift.png", layer)]
     if (d / "gram.csv").is_file():
         theory = pd.read_csv(d / "init_theory.csv") if (d / "init_theory.csv").is_file() else None
-        written.append(plot_gram(pd.read_csv(d / "gram.csv"), theory, d / "gram.png"))
+        written.append(plot_gram(pd.read_csv(d / "gram.csv"), theory, d / "gram.png", layer))
     if (d / "neurons.csv").is_file():
-        written.append(plot_neurons(pd.read_csv(d / "neurons.csv"), d / "neurons.png"))
+        written.append(plot_neurons(pd.read_csv(d / "neurons.csv"), d / "neurons.png", layer))
     return written

@@ -5,11 +5,18 @@ A recipe has top-level keys (name, description, seed, device) and the sections [
 of the dataclasses below.  Any mistake (a missing file, a TOML syntax error, an unknown key,
 a wrong type, an impossible value) raises :class:`RecipeError` with one line naming the file
 and the key.
+
+A recipe is a grid of cells, one training run each (:meth:`Recipe.cells`), and has a
+fingerprint (:meth:`Recipe.fingerprint`): everything in it that can change a result.  An output
+folder belongs to one fingerprint (:mod:`lazydrift.rundir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
+import json
 import math
 import tomllib
 import types
@@ -17,11 +24,18 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import UserError
+
 DATASETS = ("text8-mini", "text8", "mnist")
 DEVICES = ("auto", "cpu", "cuda")
+# Keys that cannot change a result: labels, where data and checkpoints live, how often to save,
+# which device (CPU and CUDA agree to float32 rounding, see README "Reliability").  Everything
+# else is the recipe's fingerprint.
+NOT_IN_FINGERPRINT = ("name", "description", "device", "data.data_dir", "data.download", "data.mnist_root",
+                      "checkpoint.every_steps", "checkpoint.every_minutes")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe cannot be used; the message names the file and the key."""
 
 
@@ -98,6 +112,61 @@ class Recipe:
     @property
     def seed_list(self) -> list[int]:
         return list(self.seeds) or [self.seed]
+
+    def cells(self) -> list["Cell"]:
+        """Every (parameterization, seed, width) of the recipe, in this order (shards deal them out)."""
+        return [Cell(p, s, w) for p, s, w in itertools.product(self.parameterizations, self.seed_list,
+                                                                  self.model.widths)]
+
+    def fingerprint(self) -> dict:
+        """The recipe minus the keys that cannot change a result (``NOT_IN_FINGERPRINT``)."""
+        d = self.to_dict()
+        for key in NOT_IN_FINGERPRINT:
+            section, _, name = key.rpartition(".")
+            (d[section] if section else d).pop(name)
+        return d
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of a recipe."""
+
+    parameterization: str
+    seed: int
+    width: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.parameterization}-s{self.seed}-w{self.width}"
+
+    def keys(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CELL_KEYS = [f.name for f in dataclasses.fields(Cell)]  # a cell's coordinates: the key columns of every result
+
+
+def fingerprint_digest(fingerprint: dict) -> str:
+    """A short stable name for a fingerprint (SHA-256 of its canonical JSON, 16 hex digits)."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint_differences(theirs: dict, ours: dict) -> list[str]:
+    """``"[train] lr: 0.5 there, 0.01 here"`` for every key whose value differs (recipe key syntax)."""
+    def show(value) -> str:
+        return "absent" if value is _ABSENT else json.dumps(value)
+
+    out = []
+    for key in sorted(set(theirs) | set(ours)):
+        a, b = theirs.get(key, _ABSENT), ours.get(key, _ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"[{key}] {d}" for d in fingerprint_differences(a, b)]
+        elif a != b:
+            out.append(f"{key}: {show(a)} there, {show(b)} here")
+    return out
+
+
+_ABSENT = object()
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,

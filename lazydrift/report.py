@@ -1,13 +1,17 @@
 """Tables for people: the cells of a run combined, Table 1 in the paper's layout, Gram summaries.
 
-:func:`aggregate` reads ``OUT/cells/*/`` and writes the combined CSVs at the top of ``OUT``.
-Rows carry the cell's ``width``; ``parameterization`` and ``seed`` columns are added in front
-when a run has more than one of them.
+:func:`aggregate` reads ``OUT/cells/*/`` and writes the combined CSVs at the top of ``OUT``, once,
+at the end of a run and in ``lazydrift merge``.  Every combined row starts with its cell's
+``parameterization``, ``seed`` and ``width`` (the same columns whatever the run).
+
+Layer order: each cell stores the order of its recorded layers (the model's forward order,
+``cell.json`` ``layers``; run.json repeats it), and every reader takes "the last layer" from it
+(:func:`lazydrift.rundir.layer_order`), never from sorting names (``hidden.10`` sorts before
+``hidden.9`` as a string).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -16,6 +20,8 @@ import pandas as pd
 
 from . import metrics
 from .export import write_csv, write_text
+from .recipes import CELL_KEYS
+from .rundir import layer_order, read_cells
 
 # Table 1 of the paper: mean (s.d.) over inputs at widths 10K and 30K.
 PAPER_TABLE1 = {
@@ -25,6 +31,7 @@ PAPER_TABLE1 = {
 MEASURE_LABELS = {"l2": "‖h_t − h_0‖₂", "linf": "max_i |h_t,i − h_0,i|",
                   "ratio": "‖h_t − h_0‖₂ / max_i |h_t,i − h_0,i|"}
 CELL_FILES = ("drift", "summary", "neurons", "losses", "gram", "init_theory", "noise_floor")
+KEYS = CELL_KEYS  # parameterization, seed, width: the columns in front of every combined row
 
 
 # -- per cell ----------------------------------------------------------------------------------
@@ -68,21 +75,6 @@ def noise_floor(rec) -> pd.DataFrame:
 
 
 # -- combining cells ------------------------------------------------------------------------------
-def read_cells(*dirs: Path) -> list[tuple[dict, Path]]:
-    """(cell.json content, folder) for every cell under ``dir/cells/``, in a stable order."""
-    found = []
-    for d in dirs:
-        for info_path in sorted(Path(d).glob("cells/*/cell.json")):
-            found.append((json.loads(info_path.read_text()), info_path.parent))
-    found.sort(key=lambda item: (item[0]["parameterization"], item[0]["seed"], item[0]["width"]))
-    return found
-
-
-def key_columns(infos: list[dict]) -> list[str]:
-    keys = [k for k in ("parameterization", "seed") if len({i[k] for i in infos}) > 1]
-    return keys + ["width"]
-
-
 def combine(cells: list[tuple[dict, Path]], name: str, keys: list[str]) -> pd.DataFrame:
     parts = []
     for info, folder in cells:
@@ -99,7 +91,8 @@ def aggregate(out: Path, recipe=None, info: dict | None = None, *, sources: list
     cells = read_cells(*(sources or [out]))
     if not cells:
         return {}
-    keys = key_columns([c[0] for c in cells])
+    keys = KEYS
+    infos = [c[0] for c in cells]
     frames = {name: combine(cells, name, keys) for name in CELL_FILES}
     for name, frame in frames.items():
         if len(frame):
@@ -109,15 +102,16 @@ def aggregate(out: Path, recipe=None, info: dict | None = None, *, sources: list
         write_csv(gram_pairs(frames["gram"], keys), out / "gram_pairs.csv")
         gsum = gram_summary(frames["gram"], frames["noise_floor"], keys)
         write_csv(gsum, out / "gram_summary.csv")
+    last = layer_order(infos, frames["summary"].get("layer", ()))[-1] if len(frames["summary"]) else None
     if len(frames["summary"]):  # width sweeps (>= 3 widths): scaling.csv, scaling.png; text8: analogy.csv/md
         from . import analogy, scaling
 
-        scaling.write_scaling(out, frames["summary"], gsum, [c[0] for c in cells], recipe)
+        scaling.write_scaling(out, frames["summary"], gsum, layer=last)
         analogy.write_combined(out, cells)
     if len(frames["init_theory"]):
         write_csv(init_theory_summary(frames["init_theory"], keys), out / "init_theory_summary.csv")
-    final = final_summary(frames["summary"], keys)
-    if recipe is not None and len(final) and keys == ["width"]:
+    final = final_summary(frames["summary"], keys, last)
+    if recipe is not None and len(final) and final.parameterization.nunique() == 1 and final.seed.nunique() == 1:
         write_text(table1_markdown(recipe, final, info or {}), out / "table1.md")
     return frames
 
@@ -165,11 +159,10 @@ def init_theory_summary(theory: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 # -- Table 1 ---------------------------------------------------------------------------------------
-def final_summary(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Rows of summary.csv at each cell's last recorded step, for its last recorded layer."""
+def final_summary(summary: pd.DataFrame, keys: list[str], layer: str) -> pd.DataFrame:
+    """Rows of summary.csv at each cell's last recorded step, for ``layer`` (the last recorded one)."""
     if summary.empty:
         return summary
-    layer = sorted(summary.layer.unique())[-1]
     s = summary[summary.layer == layer]
     last = s.groupby(keys).step.transform("max")
     return s[s.step == last].reset_index(drop=True)
@@ -209,8 +202,10 @@ def table1_markdown(recipe, final: pd.DataFrame, info: dict) -> str:
     head = ("| Measure, mean (s.d.) | " + " | ".join(f"ours, width = {w}" for w in widths)
             + " | paper, width = 10K | paper, width = 30K |")
     step = int(final.step.max())
+    layer = final.layer.iloc[0]
+    which = "Last hidden layer" if layer == f"hidden.{recipe.model.depth - 1}" else "Last recorded layer"
     lines = [f"# Table 1: {recipe.name}", "",
-             f"Last hidden layer ({final.layer.iloc[0]}) of a {recipe.model.depth}-hidden-layer ReLU network "
+             f"{which} ({layer}) of a {recipe.model.depth}-hidden-layer ReLU network "
              f"({'/'.join(recipe.parameterizations)} parameterization, input scale {recipe.model.input_scale}) "
              f"trained on {info.get('task', recipe.data.dataset)} "
              f"with SGD, lr = {recipe.train.lr}, batch {recipe.train.batch_size}, seed {recipe.seed}; "

@@ -157,8 +157,7 @@ def pick_steps(steps, k: int = 8) -> list[int]:
     return sorted({s[i] for i in idx} | {s[-1]})
 
 
-def plot_scaling(pts: pd.DataFrame, table: pd.DataFrame, path: str | Path, layer: str | None = None,
-                 max_lines: int = 8) -> Path:
+def plot_scaling(pts: pd.DataFrame, table: pd.DataFrame, path: str | Path, layer: str, max_lines: int = 8) -> Path:
     """Measures against width on log-log axes, one line per recorded step (a coordinate check).
 
     One row of panels per parameterization, one column per measure; each line joins the
@@ -170,7 +169,6 @@ def plot_scaling(pts: pd.DataFrame, table: pd.DataFrame, path: str | Path, layer
     from .plots import _pyplot
 
     plt = _pyplot()
-    layer = layer or sorted(pts.layer.unique())[-1]
     pts = pts[pts.layer == layer]
     params = [p for p in ("ntk", "mup", "standard") if p in set(pts.parameterization)]
     params += sorted(set(pts.parameterization) - set(params))
@@ -208,32 +206,24 @@ def plot_scaling(pts: pd.DataFrame, table: pd.DataFrame, path: str | Path, layer
     return write_figure(fig, path, tight=False)  # a fixed layout: tight_layout doubles the drawing time
 
 
-def write_scaling(out: str | Path, summary: pd.DataFrame, gram_summary: pd.DataFrame | None,
-                  infos: list[dict] | None = None, recipe=None, parameterization: str = "ntk",
-                  plot: bool | None = None) -> pd.DataFrame:
-    """Write ``out/scaling.csv`` (and ``out/scaling.png``) when the cells span >= 3 widths.
+def write_scaling(out: str | Path, summary: pd.DataFrame, gram_summary: pd.DataFrame | None, *, layer: str,
+                  parameterization: str = "ntk", plot: bool = True) -> pd.DataFrame:
+    """Write ``out/scaling.csv``, ``scaling.md`` (and the figures) when the cells span >= 3 widths.
 
-    ``infos`` are the cells' cell.json contents (they name the parameterization when the combined
-    frames have no such column).  ``plot=None`` draws the figure only once every cell of
-    ``recipe`` is present (or when no recipe is given, as in ``lazydrift merge``): the runner
-    aggregates after each cell and the figure takes seconds; ``lazydrift plot`` redraws it.
+    ``layer`` is the one the table and figures show: the last recorded layer, from the cells'
+    stored layer order (:func:`lazydrift.rundir.layer_order`); scaling.csv fits every layer.
     """
-    if infos:
-        parameterization = infos[0]["parameterization"]
-    if plot is None:
-        plot = recipe is None or len(infos or []) >= (len(recipe.parameterizations) * len(recipe.seed_list)
-                                                       * len(recipe.model.widths))
     pts = points(summary, gram_summary, parameterization)
     if pts.empty or pts.width.nunique() < MIN_WIDTHS:
         return pd.DataFrame(columns=COLUMNS)
     table = scaling_table(pts)
     write_csv(table, Path(out) / "scaling.csv")
     if len(table):
-        write_text("# Width exponents at the last step\n\n" + MD_NOTE + "\n\n" + scaling_markdown(table),
+        write_text("# Width exponents at the last step\n\n" + MD_NOTE + "\n\n" + scaling_markdown(table, layer),
                    Path(out) / "scaling.md")
     if plot and len(table):
-        plot_scaling(pts, table, Path(out) / "scaling.png")
-        plot_slopes(table, Path(out) / "scaling_slopes.png")
+        plot_scaling(pts, table, Path(out) / "scaling.png", layer)
+        plot_slopes(table, Path(out) / "scaling_slopes.png", layer)
     return table
 
 
@@ -243,13 +233,12 @@ MD_NOTE = ("Fitted exponent alpha of measure ~ width^alpha (OLS on log-log over 
            "the measures.  All steps: scaling.csv; figures: scaling.png, scaling_slopes.png.")
 
 
-def plot_slopes(table: pd.DataFrame, path: str | Path, layer: str | None = None) -> Path:
+def plot_slopes(table: pd.DataFrame, path: str | Path, layer: str) -> Path:
     """The fitted exponent of each drift measure against the training step, with its 95% CI band,
     one line per parameterization, theory dashed: how far the sweep is from the asymptotic regime."""
     from .plots import _pyplot
 
     plt = _pyplot()
-    layer = layer or sorted(table.layer.unique())[-1]
     t = table[(table.layer == layer) & table.measure.isin(DRIFT_MEASURES)]
     fig, axes = plt.subplots(1, len(DRIFT_MEASURES), figsize=(2.6 * len(DRIFT_MEASURES), 2.3), squeeze=False)
     for ax, m in zip(axes[0], DRIFT_MEASURES):
@@ -268,12 +257,12 @@ def plot_slopes(table: pd.DataFrame, path: str | Path, layer: str | None = None)
     return write_figure(fig, path, tight=False)
 
 
-def scaling_markdown(table: pd.DataFrame) -> str:
-    """The last step's slopes as a Markdown table (slope [95% CI] beside theory)."""
+def scaling_markdown(table: pd.DataFrame, layer: str) -> str:
+    """The last step's slopes of ``layer`` as a Markdown table (slope [95% CI] beside theory)."""
     final = final_slopes(table)
+    final = final[final.layer == layer] if len(final) else final
     if final.empty:
         return ""
-    final = final[final.layer == sorted(final.layer.unique())[-1]]
     params = [p for p in ("ntk", "mup", "standard") if p in set(final.parameterization)]
     lines = [f"| {final.layer.iloc[0]} | " + " | ".join(f"{p}: slope [95% CI] (theory)" for p in params) + " |",
              "|---|" + "---|" * len(params)]

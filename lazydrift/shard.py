@@ -1,7 +1,7 @@
 """Splitting a recipe's cells across processes and machines, and merging the pieces.
 
 A recipe is a list of independent cells (parameterization, seed, width).  Shard ``i`` of ``N``
-(0-based) runs cells ``i, i + N, i + 2N, ...`` of :func:`lazydrift.experiment.recipe_cells`
+(0-based) runs cells ``i, i + N, i + 2N, ...`` of :meth:`lazydrift.recipes.Recipe.cells`
 (round robin, so every shard gets a mix of small and large widths), writes them to
 ``OUT/cells/<cell>/`` and records what it did in ``OUT/shard-i-of-N.json``; it writes no combined
 top-level file, so shards can share one folder (on a shared filesystem) without races.
@@ -24,11 +24,17 @@ shard ``a * W + r`` of ``A * W``.  No process group is created: shards never com
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import time
+from pathlib import Path
 from typing import Mapping, Sequence, TypeVar
 
-from .recipes import RecipeError
+from . import report, rundir
+from .export import write_json
+from .recipes import CELL_KEYS, Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest, recipe_from_dict
 
 T = TypeVar("T")
 
@@ -121,19 +127,12 @@ def bind_local_device(env: Mapping[str, str] | None = None) -> None:
 def merge(out, sources=()) -> dict:
     """Combine the cells under ``out`` and ``sources`` into ``out``'s top-level files; returns run.json.
 
-    The recipe and data description come from the shard records (``shard-*-of-*.json``) or a
-    run.json found there.  Cells missing from the recipe's list are reported in run.json's
-    ``missing_cells`` (status ``incomplete``); a cell found in two folders is an error.
+    Every folder must belong to the same recipe (their recipe.json and every cell's fingerprint);
+    anything else is refused with one line naming the keys that differ.  Cells of the recipe
+    that are missing are listed in run.json's ``missing_cells`` (status ``incomplete``); a cell
+    found in two folders is an error.  ``out`` is locked like a run: no run or merge may write
+    there meanwhile.
     """
-    import json
-    import shutil
-    import time
-    from pathlib import Path
-
-    from . import report
-    from .export import write_json
-    from .recipes import recipe_from_dict
-
     out = Path(out)
     dirs: list[Path] = []
     for d in [out, *map(Path, sources)]:
@@ -142,42 +141,59 @@ def merge(out, sources=()) -> dict:
     for d in dirs:
         if not d.is_dir():
             raise ShardError(f"{d}: no such folder")
-    cells = report.read_cells(*dirs)
-    if not cells:
-        raise ShardError(f"no finished cells under {', '.join(str(d / 'cells') for d in dirs)}: run the shards first")
-    seen: dict[str, Path] = {}
-    for _, folder in cells:
-        if folder.name in seen:
-            raise ShardError(f"cell {folder.name} is in both {seen[folder.name].parent} and {folder.parent}; "
-                             "remove one copy before merging")
-        seen[folder.name] = folder
-    records = [json.loads(p.read_text()) for d in dirs for p in sorted(d.glob("shard-*-of-*.json"))]
-    if not records:
-        records = [json.loads((d / "run.json").read_text()) for d in dirs if (d / "run.json").is_file()]
-    recipe, info = None, {}
-    if records:
-        first = records[0]
-        info = first.get("data", {})
-        try:
-            recipe = recipe_from_dict(first["recipe"], first.get("recipe_path") or "<merged>")
-        except (KeyError, RecipeError):
-            recipe = None
-    missing = []
-    if recipe is not None:
-        from .experiment import recipe_cells
-
-        missing = [c.name for c in recipe_cells(recipe) if c.name not in seen]
-    if not (out / "probes.csv").is_file():
-        for d in dirs[1:]:
-            if (d / "probes.csv").is_file():
-                shutil.copyfile(d / "probes.csv", out / "probes.csv")
-                break
-    report.aggregate(out, recipe, info, sources=dirs)
-    failed = [i["parameterization"] + f"-s{i['seed']}-w{i['width']}" for i, _ in cells if i.get("status") != "completed"]
-    run = {"merged": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sources": [str(d) for d in dirs],
-           "recipe": recipe.to_dict() if recipe is not None else None, "data": info,
-           "shards": [r.get("shard") for r in records if r.get("shard")],
-           "status": "completed" if not missing and not failed else "incomplete",
-           "missing_cells": missing, "failed_cells": failed, "cells": [i for i, _ in cells]}
-    write_json(run, out / "run.json")
+    with rundir.lock(out):
+        recipe = merged_recipe(dirs)
+        digest = fingerprint_digest(recipe.fingerprint())
+        cells = rundir.read_cells(*dirs)
+        if not cells:
+            raise ShardError(f"no finished cells under {', '.join(str(d / 'cells') for d in dirs)}: run the shards first")
+        seen: dict[str, Path] = {}
+        for info, folder in cells:
+            if info.get("fingerprint") != digest:
+                raise ShardError(f"{folder / 'cell.json'} was written for another recipe than {dirs[0] / rundir.RECIPE_FILE}; "
+                                 "merge only folders of one recipe")
+            if folder.name in seen:
+                raise ShardError(f"cell {folder.name} is in both {seen[folder.name].parent} and {folder.parent}; "
+                                 "remove one copy before merging")
+            seen[folder.name] = folder
+        records = [json.loads(p.read_text()) for d in dirs for p in sorted(d.glob("shard-*-of-*.json"))]
+        if not records:
+            records = [json.loads((d / rundir.RUN_FILE).read_text()) for d in dirs if (d / rundir.RUN_FILE).is_file()]
+        info = next((r["data"] for r in records if r.get("data")), {})
+        rundir.write_recipe(out, recipe)
+        rundir.clear(out, cells=False)
+        if not (out / "probes.csv").is_file():
+            for d in dirs[1:]:
+                if (d / "probes.csv").is_file():
+                    shutil.copyfile(d / "probes.csv", out / "probes.csv")
+                    break
+        report.aggregate(out, recipe, info, sources=dirs)
+        infos = [i for i, _ in cells]
+        missing = [c.name for c in recipe.cells() if c.name not in seen]
+        failed = [Cell(**{k: i[k] for k in CELL_KEYS}).name for i in infos if i.get("status") != "completed"]
+        run = {"merged": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sources": [str(d) for d in dirs],
+               "recipe": recipe.to_dict(), "fingerprint": digest, "layers": rundir.layer_order(infos), "data": info,
+               "shards": [r.get("shard") for r in records if r.get("shard")],
+               "status": "completed" if not missing and not failed else "incomplete",
+               "missing_cells": missing, "failed_cells": failed, "cells": infos}
+        write_json(run, out / rundir.RUN_FILE)
     return run
+
+
+def merged_recipe(dirs: list[Path]) -> Recipe:
+    """The one recipe every folder belongs to (their recipe.json), or a one-line refusal."""
+    found = []
+    for d in dirs:
+        if (d / rundir.RECIPE_FILE).is_file():
+            found.append((d, rundir.stored_recipe(d)[0], json.loads((d / rundir.RECIPE_FILE).read_text())["recipe"]))
+        elif rundir.has_results(d):
+            raise ShardError(f"{d} holds results without a {rundir.RECIPE_FILE} (written by an older lazydrift); "
+                             "rerun its shards or leave it out")
+    if not found:
+        raise ShardError(f"no {rundir.RECIPE_FILE} under {', '.join(map(str, dirs))}: run the shards first")
+    first_dir, first, raw = found[0]
+    for d, fingerprint, _ in found[1:]:
+        if fingerprint != first:
+            raise ShardError(f"{d} and {first_dir} hold results of different recipes "
+                             f"({'; '.join(fingerprint_differences(first, fingerprint))}); merge only folders of one recipe")
+    return recipe_from_dict(raw, first_dir / rundir.RECIPE_FILE)

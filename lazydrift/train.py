@@ -1,4 +1,4 @@
-"""The training loop: plain SGD on the Euclidean loss, with the SGD step applied inside backward.
+"""The training step: plain SGD on the Euclidean loss, with the SGD step applied inside backward.
 
 ``fused_sgd(model, lr)`` makes ``loss.backward()`` update every NTKMLP weight in place as
 soon as its gradient is known (W.addmm_ for dense layers, index_add_ for the token lookup),
@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 
 class DivergenceError(RuntimeError):
@@ -78,57 +75,30 @@ def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _MSELoss.apply(output, target)
 
 
-@dataclass
-class TrainState:
-    """What a run needs to continue: the next step and the losses logged so far."""
+def sgd_step(model: nn.Module, lr: float, fused: bool = True) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """One plain SGD step on the Euclidean loss :func:`mse_loss`: ``loss = step(x, y)`` updates the
+    weights and returns the loss at the weights before the update.
 
-    step: int = 0
-    losses: list[tuple[int, float]] = field(default_factory=list)
-
-
-def train(model: nn.Module, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], steps: int,
-          lr: float, *, on_step: Callable[[int, float], None] | None = None,
-          fused: bool = True, state: TrainState | None = None, progress: bool = True,
-          desc: str = "train", loss_every: int = 10, postfix: Callable[[], dict] | None = None) -> TrainState:
-    """Run SGD steps ``state.step + 1 .. steps``; call ``on_step(step, loss)`` after each update.
-
+    ``fused=True`` applies the update inside backward (:func:`fused_sgd`, no gradient tensors);
     ``fused=False`` uses ``torch.optim.SGD`` with the model's per-layer learning rates
-    (``model.param_groups``) instead of the in-backward update; both give the same weights.
-    A NaN or infinite loss raises :class:`DivergenceError` naming the step.
+    (``model.param_groups``); both give the same weights.  Plain SGD keeps no state between
+    steps, so a checkpoint needs only the weights.
     """
-    state = state or TrainState()
-    optimizer = None
-    if not fused:
-        groups = model.param_groups(lr) if hasattr(model, "param_groups") else [{"params": model.parameters()}]
-        optimizer = torch.optim.SGD(groups, lr=lr)
-    model.train()
-    bar = tqdm(total=steps, initial=state.step, desc=desc, disable=not progress, dynamic_ncols=True,
-               mininterval=1.0)
-    last_postfix = time.monotonic()
-    try:
-        for step in range(state.step + 1, steps + 1):
-            x, y = next_batch()
-            if fused:
-                with fused_sgd(model, lr):
-                    loss = mse_loss(model(x), y)
-                    loss.backward()
-            else:
-                optimizer.zero_grad(set_to_none=True)
+    if fused:
+        def step(x: torch.Tensor, y: torch.Tensor) -> float:
+            with fused_sgd(model, lr):
                 loss = mse_loss(model(x), y)
                 loss.backward()
-                optimizer.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise DivergenceError(step, value, lr)
-            state.step = step
-            if step % loss_every == 0 or step == steps:
-                state.losses.append((step, value))
-            if on_step is not None:
-                on_step(step, value)
-            bar.update(1)
-            if progress and time.monotonic() - last_postfix > 1.0:
-                bar.set_postfix({"loss": f"{value:.4g}", **(postfix() if postfix else {})}, refresh=False)
-                last_postfix = time.monotonic()
-    finally:
-        bar.close()
-    return state
+            return loss.item()
+        return step
+
+    groups = model.param_groups(lr) if hasattr(model, "param_groups") else [{"params": model.parameters()}]
+    optimizer = torch.optim.SGD(groups, lr=lr)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return step

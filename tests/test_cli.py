@@ -1,49 +1,58 @@
-"""End to end: `lazydrift run` on a tiny recipe writes every file with the right columns."""
+"""End to end: `lazydrift run` on a tiny recipe writes every file with the right columns and numbers."""
 
 import json
-import subprocess
-import sys
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from lazydrift.cli import main
 
+from conftest import TABLE_ROUNDING, table_cell, write_tiny
 
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "lazydrift", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+KEYS = ["parameterization", "seed", "width"]  # in front of every combined row, whatever the run
 
 
-def test_run_writes_every_file(tiny_recipe, tmp_path):
+@pytest.mark.slow
+def test_run_writes_every_file(tmp_path, capsys, one_thread):
     out = tmp_path / "out"
-    p = run_cli("run", tiny_recipe(steps=12), "--out", out)
-    assert p.returncode == 0, p.stderr
-    assert "| ‖h_t − h_0‖₂ |" in p.stdout  # the table is printed
+    assert main(["run", str(write_tiny(tmp_path / "tiny.toml")), "--out", str(out)]) == 0
+    assert "| ‖h_t − h_0‖₂ |" in capsys.readouterr().out  # the table is printed
     cols = {
-        "summary.csv": ["width", "layer", "step", "measure", "mean", "std", "n_probes"],
-        "drift.csv": ["width", "step", "layer", "probe", "l2", "linf", "ratio"],
-        "neurons.csv": ["width", "layer", "step", "neuron", "mean_abs_dev", "max_abs_dev"],
-        "gram.csv": ["width", "step", "layer", "i", "j", "inner", "cosine", "inner0", "cross", "quadratic"],
-        "losses.csv": ["width", "step", "loss"],
+        "summary.csv": KEYS + ["layer", "step", "measure", "mean", "std", "n_probes"],
+        "drift.csv": KEYS + ["step", "layer", "probe", "l2", "linf", "ratio"],
+        "neurons.csv": KEYS + ["layer", "step", "neuron", "mean_abs_dev", "max_abs_dev"],
+        "gram.csv": KEYS + ["step", "layer", "i", "j", "inner", "cosine", "inner0", "cross", "quadratic"],
+        "losses.csv": KEYS + ["step", "loss"],
         "probes.csv": ["probe", "token_id", "word", "count"],
     }
     for name, expected in cols.items():
         assert list(pd.read_csv(out / name).columns) == expected, name
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary.measure) == {"l2", "linf", "ratio"} and set(summary.width) == {32, 64}
-    assert (summary[summary.step == 12].n_probes[summary.measure != "ratio"] == 24).all()
-    neurons = pd.read_csv(out / "neurons.csv")
-    assert len(neurons) == 32 + 64
+    assert set(summary.parameterization) == {"ntk"} and set(summary.seed) == {0}
+    assert (summary[summary.step == 20].n_probes[summary.measure != "ratio"] == 50).all()
+    assert len(pd.read_csv(out / "neurons.csv")) == 32 + 64
+
+    # Table 1's cells recomputed by a second route: mean and sample s.d. over the probes of drift.csv
     table = (out / "table1.md").read_text()
-    assert "4.8989 (1.0250)" in table and "ours, width = 64" in table
+    drift = pd.read_csv(out / "drift.csv")
+    for width in (32, 64):
+        last = drift[(drift.width == width) & (drift.step == 20)]
+        for measure in ("l2", "linf", "ratio"):
+            shown = table_cell(table, measure, f"ours, width = {width}")
+            assert shown == pytest.approx((last[measure].mean(), last[measure].std(ddof=1)), abs=TABLE_ROUNDING)
+
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "completed" and run["seed"] == 0 and run["device"] == "cpu"
+    assert run["layers"] == ["hidden.1"] and run["fingerprint"] == json.loads((out / "recipe.json").read_text())["fingerprint"]
     assert {"torch", "numpy", "pandas", "gensim"} <= run["versions"].keys()
     assert "git_commit" in run and run["wall_seconds"] > 0
     assert len(run["cells"]) == 2 and all(c["seconds_per_step"] > 0 for c in run["cells"])
     for name in ("gram_summary.csv", "init_theory.csv", "init_theory_summary.csv", "noise_floor.csv"):
         assert (out / name).is_file(), name
-    assert (pd.read_csv(out / "noise_floor.csv").value == 0).all()  # CPU: an untouched copy never moves
+    # CPU, one process: the untouched copy runs the same computation at every step, so it reads 0
+    assert (pd.read_csv(out / "noise_floor.csv").value == 0).all()
 
 
 def test_bad_recipe_is_one_line_exit_2(tmp_path, capsys):
@@ -54,9 +63,24 @@ def test_bad_recipe_is_one_line_exit_2(tmp_path, capsys):
     assert err == f"lazydrift: error: {bad}: [train] lr must be a positive finite number, got -1.0"
 
 
-def test_plot_writes_pngs(tiny_recipe, tmp_path):
+def test_resume_and_overwrite_exclude_each_other(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(tmp_path / "r.toml"), "--resume", "--overwrite"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def png_pixels(path) -> np.ndarray:
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))
+
+
+@pytest.mark.slow
+def test_plot_writes_pngs(tmp_path, one_thread):
     out = tmp_path / "out"
-    assert main(["run", str(tiny_recipe(steps=6)), "--out", str(out), "--quiet"]) == 0
+    assert main(["run", str(write_tiny(tmp_path / "tiny.toml")), "--out", str(out), "--quiet"]) == 0
     assert main(["plot", str(out)]) == 0
     for name in ("drift.png", "gram.png", "neurons.png"):
-        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+        pixels = png_pixels(out / name)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 300, name  # 3.4 in panels at 150 dpi
+        assert pixels[..., :3].std() > 0.05, name  # not blank: axes, lines and labels

@@ -54,3 +54,25 @@ def test_shipped_recipes_are_valid():
     assert recipes
     for path in recipes:
         load_recipe(path)
+
+
+def test_the_fingerprint_is_every_key_that_can_change_a_number(tmp_path):
+    from lazydrift.recipes import NOT_IN_FINGERPRINT, fingerprint_differences
+
+    base = load_recipe(write(tmp_path, ""))
+    cosmetic = ["name='other'", "description='x'", "device='cpu'", "data.data_dir='elsewhere'", "data.download=true",
+                "data.mnist_root='/m'", "checkpoint.every_steps=7", "checkpoint.every_minutes=1.5"]
+    assert len(cosmetic) == len(NOT_IN_FINGERPRINT)
+    assert load_recipe(write(tmp_path, ""), cosmetic).fingerprint() == base.fingerprint()
+    for override, difference in (("train.lr=0.5", "[train] lr: 1.0 there, 0.5 here"),
+                                 ("seed=3", "seed: 0 there, 3 here"),
+                                 ("model.widths=[8]", "[model] widths: [1000, 3000] there, [8] here"),
+                                 ("record.probe_batch_size=7", "[record] probe_batch_size: 1024 there, 7 here")):
+        other = load_recipe(write(tmp_path, ""), [override])
+        assert fingerprint_differences(base.fingerprint(), other.fingerprint()) == [difference]
+
+
+def test_cells_are_the_grid_in_order(tmp_path):
+    r = load_recipe(write(tmp_path, "seeds = [1, 2]\n[model]\nwidths = [8, 16]\nparameterization = ['ntk', 'mup']\n"))
+    assert [c.name for c in r.cells()] == ["ntk-s1-w8", "ntk-s1-w16", "ntk-s2-w8", "ntk-s2-w16",
+                                           "mup-s1-w8", "mup-s1-w16", "mup-s2-w8", "mup-s2-w16"]

@@ -88,7 +88,7 @@ def test_scaling_table_recovers_each_parameterizations_exponents():
         assert r.n_widths == 4 and r.n_points == 12
     ntk_l2 = table[(table.parameterization == "ntk") & (table.measure == "l2")]
     assert not ntk_l2.theory_in_ci.any()  # 0.25 measured vs 0 predicted, tiny CI
-    md = scaling.scaling_markdown(table)
+    md = scaling.scaling_markdown(table, "hidden.1")
     assert "| l2 |" in md and "(0.5)" in md and md.startswith("| hidden.1 |")
 
 
@@ -97,19 +97,29 @@ def test_single_parameterization_frames_get_the_default_name(tmp_path):
     summary = summary.drop(columns=["parameterization", "seed"])
     pts = scaling.points(summary, None, parameterization="mup")
     assert set(pts.parameterization) == {"mup"}
-    assert scaling.write_scaling(tmp_path, summary, None, parameterization="mup").empty  # two widths: nothing written
+    assert scaling.write_scaling(tmp_path, summary, None, layer="hidden.1", parameterization="mup").empty  # two widths
     assert not (tmp_path / "scaling.csv").exists()
 
 
 def test_write_scaling_writes_csv_and_png(tmp_path):
     summary, gram = synthetic_sweep({p: scaling.THEORY[p] for p in ("ntk", "mup", "standard")})
-    table = scaling.write_scaling(tmp_path, summary, gram, plot=True)
+    table = scaling.write_scaling(tmp_path, summary, gram, layer="hidden.1", plot=True)
     assert (tmp_path / "scaling.csv").is_file()
     for png in ("scaling.png", "scaling_slopes.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| linf |" in (tmp_path / "scaling.md").read_text()
     back = pd.read_csv(tmp_path / "scaling.csv")
     assert len(back) == len(table) == 3 * (3 * 2 + 2)  # 3 drift measures x 2 steps + 2 Gram measures
+
+
+def test_the_table_shows_the_layer_it_is_given_not_the_last_name_as_a_string():
+    """hidden.10 sorts before hidden.9 as a string; the caller passes the stored (forward) order's last layer."""
+    summary, gram = synthetic_sweep({"ntk": scaling.THEORY["ntk"]})
+    deeper = summary.assign(layer="hidden.10", mean=summary["mean"] * 2)  # same exponents, another layer
+    table = scaling.scaling_table(scaling.points(pd.concat([summary.assign(layer="hidden.9"), deeper]), None))
+    assert set(table.layer) == {"hidden.9", "hidden.10"}
+    assert scaling.scaling_markdown(table, "hidden.10").startswith("| hidden.10 |")
+    assert scaling.scaling_markdown(table, "hidden.9").startswith("| hidden.9 |")
 
 
 def test_pick_steps_spreads_in_log():
