@@ -270,6 +270,12 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(n, -1)
 
 
+def _positions(calls: list[torch.Tensor], n: int) -> torch.Tensor:
+    """The rows of every call of a layer side by side: (n, T_1 + T_2 + ..., ...)."""
+    rows = [_rows(t, n) for t in calls]
+    return rows[0] if len(rows) == 1 else torch.cat(rows, 1)
+
+
 def _position_kernel(a: torch.Tensor, d: torch.Tensor, weight_scale: float | None, bias: bool) -> torch.Tensor:
     """sum over positions t, t' of <d_t, d'_t'> (weight_scale <a_t, a'_t'> + [bias]), per probe pair.
 
@@ -285,15 +291,15 @@ def _position_kernel(a: torch.Tensor, d: torch.Tensor, weight_scale: float | Non
     for i0 in range(0, n, rows):
         r0, r1 = i0 * positions, min(i0 + rows, n) * positions
         gd = d_flat[r0:r1] @ d_flat.T
-        block = torch.zeros_like(gd)
-        if weight_scale is not None:
+        if weight_scale is None:
+            block = torch.ones_like(gd) if bias else torch.zeros_like(gd)
+        else:
             if torch.is_floating_point(a_flat):
-                ga = a_flat[r0:r1] @ a_flat.T
+                block = torch.mm(a_flat[r0:r1], a_flat.T).mul_(weight_scale)
             else:
-                ga = (a_flat[r0:r1, None] == a_flat[None, :]).to(gd.dtype)
-            block += ga.mul_(weight_scale)
-        if bias:
-            block += 1
+                block = (a_flat[r0:r1, None] == a_flat[None, :]).to(gd.dtype).mul_(weight_scale)
+            if bias:
+                block += 1
         block.mul_(gd)
         out[i0:i0 + (r1 - r0) // positions] = block.reshape(-1, positions, n, positions).sum(dim=(1, 3))
     return out
@@ -309,9 +315,8 @@ def _layer_kernel(layer: _Layer, deltas: list[torch.Tensor], n: int, batch_size:
         # Rows looked up at padding_idx get no gradient: drop their dg/dy.
         d = [delta if m.padding_idx is None else delta * (ids != m.padding_idx).unsqueeze(-1)
              for ids, delta in zip(a, deltas)]
-        a_rows, d_rows = torch.cat([_rows(t, n) for t in a], 1), torch.cat([_rows(t, n) for t in d], 1)
-        return _position_kernel(a_rows, d_rows, 1.0, False)
-    a_rows, d_rows = torch.cat([_rows(t, n) for t in a], 1), torch.cat([_rows(t, n) for t in deltas], 1)
+        return _position_kernel(_positions(a, n), _positions(d, n), 1.0, False)
+    a_rows, d_rows = _positions(a, n), _positions(deltas, n)
     multiplier = getattr(m, "multiplier", 1.0)
     weight_scale = multiplier ** 2 if m.weight.requires_grad else None
     bias = getattr(m, "bias", None)
@@ -344,10 +349,17 @@ def _module_kernel(layer: _Layer, deltas: list[torch.Tensor], n: int, batch_size
 
 class _Hooks:
     """Forward hooks on every planned layer: record inputs and outputs during the NTK pass,
-    and check in both passes that each layer sees one leading row per probe."""
+    and check in both passes that each layer sees one leading row per probe.
+
+    Recorded tensors are not copied: :meth:`modified` tells whether any was changed in place
+    later in the pass (ReLU(inplace=True) on a layer's output, say), and the pass is then run
+    again with ``copy=True``, which records copies of the inputs and hands a copy of each output
+    downstream, so the tensor whose gradient is asked for is the layer's own output.
+    """
 
     def __init__(self, layers: list[_Layer]):
-        self.layers, self.batch, self.capture = layers, 0, False
+        self.layers, self.batch, self.capture, self.copy = layers, 0, False, False
+        self.versions: list[tuple[torch.Tensor, int]] = []
         self.handles = [layer.module.register_forward_hook(self._hook(layer), with_kwargs=True)
                         for layer in layers]
 
@@ -367,13 +379,24 @@ class _Hooks:
                 raise StructureError(f"module {_display(layer.name)} gets a 1-d float input: no example axis")
             if not self.capture:
                 return None
-            layer.args.append(tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in args))
+            if self.copy:
+                layer.args.append(tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t for t in args))
+            else:
+                layer.args.append(tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in args))
+                self.versions += [(t, t._version) for t in tensors + [output]]
             layer.kwargs.append(dict(kwargs))
             layer.outputs.append(output)
-            # Downstream gets a copy, so an in-place op after this layer (ReLU(inplace=True))
-            # cannot change the tensor whose gradient we ask for.
-            return output.clone()
+            return output.clone() if self.copy else None
         return hook
+
+    def modified(self) -> bool:
+        """Whether a recorded tensor was changed in place after its layer ran."""
+        return any(t._version != v for t, v in self.versions)
+
+    def clear(self) -> None:
+        self.versions.clear()
+        for layer in self.layers:
+            layer.args.clear(), layer.kwargs.clear(), layer.outputs.clear()
 
     def remove(self) -> None:
         for h in self.handles:
@@ -439,6 +462,10 @@ def structured_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None =
         with _evaluation(model), torch.enable_grad():
             hooks.batch, hooks.capture = n, True
             out = model(x).reshape(n, -1)
+            if hooks.modified():
+                hooks.clear()
+                hooks.copy = True
+                out = model(x).reshape(n, -1)
             hooks.capture = False
             _check_batch_independence(model, x, out, hooks)
             hooks.batch = 0  # inert from here on: _module_kernel calls modules again
@@ -457,8 +484,7 @@ def structured_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None =
                     theta += _layer_kernel(layer, deltas[id(layer)], n, batch_size).to(torch.float64)
     finally:
         hooks.remove()
-        for layer in layers:
-            layer.args.clear(), layer.kwargs.clear(), layer.outputs.clear()
+        hooks.clear()
     theta = theta.to(ref.dtype)
     if x2 is None:
         return (theta + theta.T) / 2  # exactly symmetric: fl(a + b) = fl(b + a)

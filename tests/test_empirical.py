@@ -52,7 +52,7 @@ def test_structured_equals_jacobian_on_ntkmlp(parameterization, depth):
 
 
 def test_structured_equals_jacobian_on_linear_sequential_with_biases():
-    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(inplace=True), nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 3)).double()
     model[2].bias.requires_grad_(False)  # a frozen bias is no parameter of the NTK
     x = torch.randn(7, 5, dtype=F64, generator=torch.Generator().manual_seed(0))
     for output in (0, "random"):
