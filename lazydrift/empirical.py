@@ -104,19 +104,37 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
 # ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _evaluation(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no fused SGD inside the block; every module's previous state restored after."""
+    """Eval mode, no fused SGD and no TF32 matmuls inside the block; every module's previous state
+    and the TF32 switch are restored after."""
     modes = [(m, m.training) for m in model.modules()]
     fused = [(m, m.sgd_lr) for m in model.modules() if getattr(m, "sgd_lr", None) is not None]
     model.eval()
     for m, _ in fused:
         m.sgd_lr = None  # else ScaledLinear's backward would apply an SGD step to the weights
     try:
-        yield
+        with _no_tf32():
+            yield
     finally:
         for m, training in modes:
             m.training = training
         for m, lr in fused:
             m.sgd_lr = lr
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """Full float32 matmuls on CUDA (the switch ``[train] tf32`` sets): the kernel is a measurement,
+    and the batch-independence check's tolerance assumes float32 rounding (TF32 is ~1e-3)."""
+    try:
+        previous = torch.backends.cuda.matmul.allow_tf32
+    except RuntimeError:  # torch's newer fp32_precision API is in use: leave the settings alone
+        yield
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def _trainable(module: nn.Module, recurse: bool = True) -> dict[str, torch.Tensor]:

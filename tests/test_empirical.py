@@ -4,7 +4,7 @@ computation; it refuses models whose outputs mix probes; the kernel -> relu_ntk 
 from __future__ import annotations
 
 import math
-import warnings
+import os
 
 import numpy as np
 import pytest
@@ -211,9 +211,24 @@ def test_inside_fused_sgd_nothing_is_updated_and_modes_are_restored():
     x = torch.randint(6, (5,))
     model.train()
     model.readout.eval()
-    with fused_sgd(model, lr=0.5), torch.no_grad():
-        k_fused = empirical_ntk(model, x, output="random")
-        assert model.readout.sgd_lr == 0.5
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with fused_sgd(model, lr=0.5), torch.no_grad():
+            k_fused = empirical_ntk(model, x, output="random")
+            assert model.readout.sgd_lr == 0.5
+        assert torch.backends.cuda.matmul.allow_tf32
+
+        class Spy(nn.Linear):  # sees the TF32 switch while the kernel is computed
+            def forward(self, x):
+                seen.append(torch.backends.cuda.matmul.allow_tf32)
+                return super().forward(x)
+
+        seen = []
+        empirical_ntk(Spy(3, 1), torch.zeros(2, 3))
+        assert seen and not any(seen) and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert model.training and model.hidden[0].training and not model.readout.training
     torch.testing.assert_close(k_fused, jacobian_ntk(model, x, output="random"), rtol=1e-12, atol=1e-14)
@@ -237,11 +252,23 @@ def test_symmetric_result_and_bad_arguments():
         empirical_ntk(model, x, torch.tensor([0, 1]), output=0)
 
 
-def test_no_n_by_p_buffer_at_width_4096():
-    """n x P float64 would be 64 x 17.3M x 8 B = 8.9 GB; the structured route keeps n x width."""
-    model = NTKMLP(64, 4096, 64, depth=2, input_scale="embedding", seed=0)
-    k = empirical_ntk(model, torch.arange(64), output="random")
-    assert k.shape == (64, 64) and torch.isfinite(k).all()
+def _rss(key: str) -> int:
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key + ":"))
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+def test_peak_memory_is_activations_not_n_by_p():
+    """64 token probes at width 2048: an n x P float32 buffer would be 64 x 4.45M x 4 B = 1.1 GB; the
+    structured route holds a few n x width activations (0.5 MB each).  The peak RSS added by a
+    second call (the first loads code and warms the allocator) must stay under 32 MiB."""
+    model = NTKMLP(64, 2048, 64, depth=2, input_scale="embedding", seed=0)
+    probes = torch.arange(64)
+    empirical_ntk(model, probes, output="random")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (the peak RSS) to the current RSS
+    base = _rss("VmRSS")
+    empirical_ntk(model, probes, output="random")
+    assert _rss("VmHWM") - base < 32 * 2 ** 20
 
 
 # ------------------------------------------------------------------------------------------------
