@@ -17,9 +17,10 @@ Two routes compute the same matrix:
   summed over the positions (and calls) of a layer that sees several rows per example.  One
   forward pass with hooks records each layer's input a; one backward pass of sum_i g(x_i)
   gives every probe's dg/dy, because in eval mode probe i's output depends on x_i only; then
-  two n x n Gram products per layer.  Memory: the n x width activations, never n x P.  A token
-  lookup (``InputLayer`` with ids, ``nn.Embedding``) is the product with a one-hot a, so
-  <a(x), a(x')> = [id(x) == id(x')].  Any other module with trainable parameters is routed
+  two n x n Gram products per layer.  Memory: a few n x width activations, never n x P (256
+  token probes at width 30000: 0.30 GB beside the 4.08 GB model; time 0.6-1.0 training steps,
+  benchmarks/bench_ntk.py).  A token lookup (``InputLayer`` with ids, ``nn.Embedding``) is
+  the product with a one-hot a, so <a(x), a(x')> = [id(x) == id(x')].  Any other module with trainable parameters is routed
   through per-example vector-Jacobian products of that module alone (memory n x P_module).
 * **jacobian** (the reference): per-example Jacobians of the whole network from
   ``vmap(jacrev(g))``, contracted parameter by parameter: memory about n2 x P (34 GB for
@@ -30,7 +31,9 @@ it refuses batch-mixing modules it can name (BatchNorm without running statistic
 batch statistics even in eval mode), checks that every hooked layer sees one leading row per
 probe, and compares the outputs of a two-probe forward pass with the same rows of the full
 pass.  Tied parameters and layouts it cannot split by probe fall back to the Jacobian route
-with a warning (``method="auto"``) or raise (``method="structured"``).
+with a warning (``method="auto"``) or raise (``method="structured"``).  Not detected: a custom
+autograd function whose backward alone mixes the batch, and mixing below the check's rounding
+tolerance (10 sqrt(eps) of the outputs' norm).
 """
 
 from __future__ import annotations
@@ -231,15 +234,15 @@ def jacobian_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = N
 class _Layer:
     """One module with trainable parameters of its own, and what a forward pass saw of it.
 
-    ``kind``: "linear" (nn.Linear, ScaledLinear: weight (out, in)), "input" (InputLayer: weight
-    (in, width), float inputs or token ids), "embedding" (nn.Embedding) or "module" (anything
-    else: per-example VJPs of its own parameters).
+    ``kind``: "linear" (nn.Linear and ScaledLinear, y = m a W^T (+ b); InputLayer, y = m a W with
+    W stored (in, width) and a float inputs or token ids: the same kernel), "embedding"
+    (nn.Embedding) or "module" (anything else: per-example VJPs of its own parameters).
     """
 
     name: str
     module: nn.Module
     kind: str
-    args: list = field(default_factory=list)      # per call: the inputs (cloned, detached)
+    args: list = field(default_factory=list)      # per call: the inputs (detached)
     kwargs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)   # per call: the output tensor in the graph
 
@@ -261,10 +264,8 @@ def _plan(model: nn.Module) -> list[_Layer]:
             continue
         for p in own.values():
             owners.setdefault(id(p), []).append(name)
-        if isinstance(module, (nn.Linear, ScaledLinear)):
+        if isinstance(module, (nn.Linear, ScaledLinear, InputLayer)):
             kind = "linear"
-        elif isinstance(module, InputLayer):
-            kind = "input"
         elif isinstance(module, nn.Embedding):
             if module.max_norm is not None or module.scale_grad_by_freq:
                 raise ValueError(f"nn.Embedding {_display(name)}: max_norm (renormalizes the weight in place) and "
