@@ -45,8 +45,7 @@ def test_structured_equals_jacobian_on_ntkmlp(parameterization, depth):
                            ("fan_in", torch.randn(6, 9, dtype=F64, generator=g))):     # float inputs
         model = NTKMLP(9, 12, 4, depth=depth, parameterization=parameterization, input_scale=input_scale,
                        seed=depth, dtype=F64)
-        for output in (2, "random"):
-            assert_same_kernel(structured_ntk(model, x, output=output), jacobian_ntk(model, x, output=output))
+        assert_same_kernel(structured_ntk(model, x, output="random"), jacobian_ntk(model, x, output="random"))
         x2 = x[:4].flip(0)
         assert_same_kernel(structured_ntk(model, x, x2, output=-1), jacobian_ntk(model, x, x2, output=-1))
 
