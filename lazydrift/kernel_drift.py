@@ -1,0 +1,196 @@
+"""Kernel drift: how far the empirical NTK Theta_t moves from Theta_0, and Theta_0 from Theta_inf.
+
+Theorem 1 (Jacot et al. 2018): as the hidden widths grow, the empirical NTK at initialization
+tends to the closed form Theta_inf (``lazydrift.kernels.relu_ntk``) and stays there during
+training.  At finite width n both statements hold up to fluctuations: ||Theta_0 - Theta_inf||
+/ ||Theta_inf|| ~ n^-1/2 at initialization and ||Theta_t - Theta_0|| / ||Theta_0|| ~ n^-1/2 at a
+fixed step in the NTK parameterization.  The statistics here are pure functions of n x n
+kernels (Frobenius norms, float64); :class:`KernelDriftTracker` is the thin piece that computes
+Theta_t with :func:`lazydrift.empirical.empirical_ntk` at the steps a run records.
+
+Columns of :meth:`KernelDriftTracker.frame` (``COLUMNS``), one row per recorded step:
+
+* ``rel_change``: ||Theta_t - Theta_0||_F / ||Theta_0||_F;
+* ``cosine``: <Theta_t, Theta_0>_F / (||Theta_t||_F ||Theta_0||_F), the kernels' cosine as matrices;
+* ``eig_max``: the largest eigenvalue of Theta_t (sets SGD's stability edge 2 / eig_max for the
+  batch-averaged square loss on these probes);
+* ``target_alignment``: <Theta_t, Y Y^T>_F / (||Theta_t||_F ||Y Y^T||_F) (Cristianini et al.
+  2002's uncentred kernel-target alignment), NaN without targets;
+* ``limit_distance``: ||Theta_0 - Theta_inf||_F / ||Theta_inf||_F on the first record only (NaN
+  elsewhere and where no closed form applies, see :func:`limit_ntk`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .empirical import empirical_ntk
+from .export import write_csv
+from .kernels import relu_ntk
+from .model import NTKMLP
+
+__all__ = ["COLUMNS", "relative_distance", "kernel_cosine", "largest_eigenvalue", "target_alignment",
+           "limit_ntk", "kernel_drift_row", "KernelDriftTracker"]
+
+COLUMNS = ["step", "rel_change", "cosine", "eig_max", "target_alignment", "limit_distance"]
+
+
+def _as_float64(a) -> torch.Tensor:
+    return torch.as_tensor(a).detach().to(device="cpu", dtype=torch.float64)
+
+
+def _check_square(theta: torch.Tensor, name: str) -> None:
+    if theta.dim() != 2 or theta.shape[0] != theta.shape[1]:
+        raise ValueError(f"{name} must be a square (n, n) kernel matrix, got shape {tuple(theta.shape)}")
+
+
+def relative_distance(a, reference) -> float:
+    """||a - reference||_F / ||reference||_F (the relative kernel change when reference = Theta_0)."""
+    a, reference = _as_float64(a), _as_float64(reference)
+    if a.shape != reference.shape:
+        raise ValueError(f"kernels must have the same shape, got {tuple(a.shape)} and {tuple(reference.shape)}")
+    return ((a - reference).norm() / reference.norm()).item()
+
+
+def kernel_cosine(a, b) -> float:
+    """<a, b>_F / (||a||_F ||b||_F): 1 when the kernels are proportional."""
+    a, b = _as_float64(a), _as_float64(b)
+    if a.shape != b.shape:
+        raise ValueError(f"kernels must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return ((a * b).sum() / (a.norm() * b.norm())).item()
+
+
+def largest_eigenvalue(theta) -> float:
+    """The largest eigenvalue of the symmetric part of ``theta`` (float64 ``eigvalsh``)."""
+    theta = _as_float64(theta)
+    _check_square(theta, "theta")
+    return torch.linalg.eigvalsh((theta + theta.T) / 2)[-1].item()
+
+
+def _target_gram(targets: torch.Tensor, n: int) -> torch.Tensor:
+    """Y Y^T for targets (n,) or (n, k) floats, or (n,) integer class ids (one-hot rows)."""
+    targets = torch.as_tensor(targets).detach().cpu()
+    if targets.shape[0] != n or targets.dim() > 2:
+        raise ValueError(f"targets must be (n,) or (n, k) with n = {n} probes, got shape {tuple(targets.shape)}")
+    if not torch.is_floating_point(targets):
+        if targets.dim() != 1:
+            raise ValueError(f"integer targets must be (n,) class ids, got shape {tuple(targets.shape)}")
+        return (targets[:, None] == targets[None, :]).to(torch.float64)
+    y = targets.to(torch.float64).reshape(n, -1)
+    return y @ y.T
+
+
+def target_alignment(theta, targets) -> float:
+    """Kernel-target alignment <Theta, Y Y^T>_F / (||Theta||_F ||Y Y^T||_F) (uncentred).
+
+    For the NTK of one output g = v . f this is the alignment of the full kernel Theta (x) I with
+    vec(Y) vec(Y)^T, since <Theta (x) I, vec(Y) vec(Y)^T> = <Theta, Y Y^T>.
+    """
+    theta = _as_float64(theta)
+    _check_square(theta, "theta")
+    yy = _target_gram(targets, theta.shape[0])
+    return ((theta * yy).sum() / (theta.norm() * yy.norm())).item()
+
+
+def limit_ntk(model: nn.Module, probes: torch.Tensor) -> torch.Tensor:
+    """Theta_inf on ``probes`` for ``model``'s depth and input scale (Theorem 1), float64 on the CPU.
+
+    Defined for an :class:`~lazydrift.model.NTKMLP` in the NTK parameterization: depth d hidden
+    layers is the paper's L = d + 1, ``input_scale="fan_in"`` is the first-layer covariance scale
+    c = 1/n0 (Definition 1) and ``"embedding"`` is c = 1.  Token ids stand for one-hot rows.  Every
+    scalar output (an output column, or v . f for a unit vector v) has this limit, since the
+    infinite-width NTK is Theta_inf (x) I over the outputs.
+    """
+    if not isinstance(model, NTKMLP):
+        raise ValueError(f"the closed-form limit is defined for NTKMLP, not {type(model).__name__}")
+    if model.parameterization != "ntk":
+        raise ValueError(f"the closed-form limit Theta_inf is the NTK parameterization's; this model is "
+                         f"{model.parameterization!r}, whose kernel at initialization does not tend to it")
+    model.check_input(probes)
+    x = probes.detach().cpu()
+    x = F.one_hot(x.long(), model.in_features) if not torch.is_floating_point(x) else x
+    return relu_ntk(x.to(torch.float64), depth=model.depth + 1, input_scale=model.input_scale)
+
+
+def kernel_drift_row(step: int, theta_t, theta_0, targets=None, limit=None) -> dict:
+    """One row of ``COLUMNS``; ``limit`` is Theta_inf, given only on the row that should report
+    ||Theta_t - Theta_inf|| / ||Theta_inf|| (the first record)."""
+    theta_t, theta_0 = _as_float64(theta_t), _as_float64(theta_0)
+    return {
+        "step": int(step),
+        "rel_change": relative_distance(theta_t, theta_0),
+        "cosine": kernel_cosine(theta_t, theta_0),
+        "eig_max": largest_eigenvalue(theta_t),
+        "target_alignment": math.nan if targets is None else target_alignment(theta_t, targets),
+        "limit_distance": math.nan if limit is None else relative_distance(theta_t, limit),
+    }
+
+
+class KernelDriftTracker:
+    """Computes the empirical NTK on fixed probes at each recorded step and keeps drift rows.
+
+    The first :meth:`record` (step 0 in a run) fixes Theta_0 and, with ``limit="auto"``, reports
+    its distance to :func:`limit_ntk` where that is defined.  Only Theta_0 (n x n, float64) and
+    the rows are kept.
+
+    Args:
+        model: the live network (evaluated in eval mode; training flags are restored).
+        probes: the fixed inputs (n, ...), e.g. the first ``ntk_probes`` probes of a run.
+        output: which scalar output (see :func:`~lazydrift.empirical.empirical_ntk`);
+            ``"random"`` by default, whose limit is Theta_inf.
+        targets: optional (n,) / (n, k) targets or class ids for ``target_alignment``.
+        seed: seeds v for ``output="random"``.
+        limit: ``"auto"``, None (no limit distance) or a precomputed (n, n) Theta_inf.
+    """
+
+    def __init__(self, model: nn.Module, probes: torch.Tensor, *, output: int | str | None = "random",
+                 targets=None, seed: int = 0, limit="auto"):
+        self.model, self.probes, self.output, self.seed = model, probes, output, seed
+        self.targets = None if targets is None else torch.as_tensor(targets).detach().cpu()
+        if self.targets is not None:
+            _target_gram(self.targets, len(probes))  # fail now, not at the first record
+        if isinstance(limit, str) and limit != "auto":
+            raise ValueError(f"limit must be 'auto', None or a kernel matrix, got {limit!r}")
+        self.limit = limit
+        self.theta_0: torch.Tensor | None = None
+        self.rows: list[dict] = []
+
+    def kernel(self) -> torch.Tensor:
+        """Theta_t on the probes now, float64 on the CPU."""
+        return _as_float64(empirical_ntk(self.model, self.probes, output=self.output, seed=self.seed))
+
+    def _limit(self) -> torch.Tensor | None:
+        if isinstance(self.limit, str):  # "auto": where a closed form applies
+            try:
+                return limit_ntk(self.model, self.probes)
+            except ValueError:
+                return None
+        return None if self.limit is None else _as_float64(self.limit)
+
+    def record(self, step: int) -> dict:
+        theta = self.kernel()
+        first = self.theta_0 is None
+        if first:
+            self.theta_0 = theta
+        row = kernel_drift_row(step, theta, self.theta_0, self.targets, self._limit() if first else None)
+        self.rows.append(row)
+        return row
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COLUMNS)
+
+    def to_csv(self, directory: str | Path) -> Path:
+        return write_csv(self.frame(), Path(directory) / "ntk.csv")
+
+    def state_dict(self) -> dict:
+        return {"theta_0": self.theta_0, "rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.theta_0 = state["theta_0"]
+        self.rows = [dict(r) for r in state["rows"]]
