@@ -458,7 +458,9 @@ class FeatureExtractor:
                 f"{relative_difference(alone[key], rows) if alone[key].shape == rows.shape else float('inf'):.3g} > "
                 f"{tol:.2g}): the layer mixes inputs (a sequence-first layer, attention or normalization across the "
                 f"batch). Pass select={{'{module_name}': lambda out: ...}} returning an inputs-first tensor, e.g. "
-                "out.transpose(0, 1) for a sequence-first output")
+                "out.transpose(0, 1) for a sequence-first output. If its rows are the inputs' and only round "
+                "differently (a deep low-precision model), skip this check: check_probes=False (DriftRecorder), "
+                "check=False (extract_features)")
 
 
 def extract_features(model: nn.Module, inputs, layers: str | Sequence[str], *,

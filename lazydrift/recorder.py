@@ -315,7 +315,7 @@ class DriftRecorder:
 
     def __repr__(self) -> str:
         model = "released" if self.model is None else type(self.model).__name__
-        probes = "released" if self.probes is None else f"{self.n_probes} x {self.probes.describe()}"
+        probes = "released" if self.probes is None else self.probes.describe()
         pairs = "none" if self.pairs is None else f"{len(self.pairs[0]):,}"
         steps = f"{len(self._steps)} (steps {min(self._steps)}..{max(self._steps)})" if self._steps else "0"
         stats = f", stats={list(self.stats)}" if self.stats else ""

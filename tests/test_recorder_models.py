@@ -317,7 +317,32 @@ def test_data_parallel_on_cpu_takes_the_users_names_and_pickles_inside_the_block
         h = {"0": net[0](x), "1": net[1](net[0](x))}
     for name in h:
         assert_drift(rec, 1, name, h[name], h0[name])
-    assert "DriftRecorder(model=DataParallel, layers=['0', '1'], probes=5 x (5, 4) float32" in repr(rec)
+    assert repr(rec) == ("DriftRecorder(model=DataParallel, layers=['0', '1'], probes=(5, 4) float32, pairs=10, "
+                         "records=1 (steps 1..1), h_0 captured)")
+
+
+@pytest.mark.slow  # starts a one-process gloo group
+def test_distributed_data_parallel_takes_the_users_names(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        ddp = nn.parallel.DistributedDataParallel(net)
+        x = torch.randn(5, 4)
+        with torch.no_grad():
+            h0 = net[1](net[0](x))
+        rec = DriftRecorder(ddp, layers=["module.1"], probes=x)
+        with rec:
+            assert rec.layers == ["1"]
+            sgd_step(ddp, ddp(torch.randn(8, 4)).pow(2).mean(), lr=0.5)
+            rec.record(1)
+            assert all(not m._forward_hooks for m in pickle.loads(pickle.dumps(ddp)).modules())
+        with torch.no_grad():
+            assert_drift(rec, 1, "1", net[1](net[0](x)), h0)
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.slow
