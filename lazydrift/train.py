@@ -43,11 +43,15 @@ class fused_sgd:
         layers = [m for m in model.modules() if hasattr(m, "sgd_lr")]
         if not layers:
             raise ValueError("fused_sgd needs a model built from lazydrift layers (e.g. NTKMLP)")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+        try:
+            rate = float(lr)
+        except (TypeError, ValueError):
+            rate = math.nan
+        if isinstance(lr, bool) or not math.isfinite(rate):
             raise ValueError(f"fused_sgd: lr must be a finite number, got {lr!r}")
         self._previous = [(layer, layer.sgd_lr) for layer in layers]
         for layer in layers:
-            layer.sgd_lr = float(lr)
+            layer.sgd_lr = rate
 
     def close(self) -> None:
         """Return the layers to the learning rates they had before (plain autograd if none)."""
