@@ -53,7 +53,7 @@ def _shrink(code: str, replacements: dict[str, str]) -> str:
     return code
 
 
-@pytest.mark.slow  # a resnet18 trained for two steps: about 3 s on 2 idle cores
+@pytest.mark.slow  # a resnet18 trained for two steps: 3 s to 11 s here, with the load
 def test_readme_resnet_example_records_the_reused_relu_per_call():
     resnet, _ = _examples("## Recording any model")
     small = _shrink(resnet, {"randn(16, 3, 224, 224)": "randn(3, 3, 32, 32)", "randn(8, 3, 224, 224)": "randn(2, 3, 32, 32)",

@@ -52,11 +52,12 @@ def in_chunks(fn, x: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
 
 
 # -- torchvision resnet18 -------------------------------------------------------------------------
+@pytest.mark.slow  # convolutions: 2 s to 14 s here, with the load; the fast tier has test_features' shared module
 def test_resnet18_block_outputs_and_the_reused_relu_per_call():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=10)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(5, 3, 32, 32, generator=g)
+    x = torch.randn(3, 3, 32, 32, generator=g)  # chunks of 2 and 1
 
     def by_hand(chunk):  # block by block; BasicBlock's two calls of self.relu spelled out
         model.eval()
