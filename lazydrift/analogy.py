@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from .export import write_csv, write_text
+from .features import extract_features
 
 COLUMNS = ["features", "step", "accuracy", "correct", "questions_in_vocab", "total_questions", "coverage",
            "vocab_size", "chance", "zero_vectors"]
@@ -100,22 +101,12 @@ def evaluate(words: list[str], vectors: np.ndarray, path: str | Path | None = No
     return out
 
 
-@torch.no_grad()
 def last_hidden_features(model, n_inputs: int, batch_size: int = 1024) -> np.ndarray:
-    """h(e_w) of the last hidden layer for every token id w < ``n_inputs`` (float32, on the CPU)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    parts = []
-    try:
-        for ids in torch.arange(n_inputs, device=device).split(batch_size):
-            x = ids
-            for block in model.hidden:
-                x = block(x)
-            parts.append(x.float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(parts).numpy()
+    """h(e_w) of the last hidden layer for every token id w < ``n_inputs`` (float32, on the CPU),
+    through the one feature extractor (:func:`lazydrift.features.extract_features`)."""
+    ids = torch.arange(n_inputs)
+    feats = extract_features(model, ids, [model.last_hidden], batch_size=batch_size, dtype=torch.float32)
+    return feats[model.last_hidden].cpu().numpy()
 
 
 def evaluate_cell(model, build_init_model: Callable[[], torch.nn.Module], words: list[str], step: int,

@@ -41,6 +41,17 @@ def drift_stats(h: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return l2, linf, ratio, dev.mean(dim=0), dev.amax(dim=0)
 
 
+def coord_abs_mean(h: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """Per probe: mean_i |h_{t,i}(x)|, the size of a typical coordinate of h_t.
+
+    The statistic of microsoft/mup's coordinate check (its ``coord_check``): plotted against
+    width it stays flat when a parameterization keeps activations O(1) per coordinate and
+    grows or vanishes when it does not.  A ``stats=`` entry of :class:`DriftRecorder`
+    (``stats={"coord_abs_mean": coord_abs_mean}``); ``h0`` is unused.
+    """
+    return h.abs().mean(dim=1)
+
+
 def all_pairs(n_probes: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (i, j) of every unordered probe pair with i < j."""
     i, j = np.triu_indices(n_probes, k=1)

@@ -1,23 +1,26 @@
-"""DriftRecorder: forward hooks that measure how chosen layers move on a fixed probe set.
+"""DriftRecorder: measure how chosen layers of any model move on a fixed probe set.
 
 Use it inside any training loop::
 
     rec = DriftRecorder(model, layers=["hidden.1"], probes=x_probe)
-    with rec:                      # registers hooks, captures h_0 on the probes
+    with rec:                      # captures h_0 on the probes
         for step in range(1, steps + 1):
             ...                    # your own forward / backward / optimizer step
-            rec.record(step)       # probe pass without grad, one row per (layer, probe)
+            rec.record(step)       # probe pass without grad: one row per (layer, probe)
     rec.frame(); rec.summary(); rec.to_csv("results/run")
 
-The hooks are inert during the user's own forward passes (they return None and store
-nothing), so the model computes exactly what it computes without the recorder.  A probe pass
-runs in eval mode under ``torch.no_grad()``, restores every submodule's train/eval flag
-afterwards, and stops the forward pass as soon as the recorded layers have produced their
-outputs (no readout is computed).  Only statistics are kept, never the history of h_t.
+A probe pass is :class:`lazydrift.features.FeatureExtractor`'s pass (eval mode, no grad, the
+RNG forked and seeded, train flags restored, hooks only while it runs, every call of a module
+recorded, probes-first outputs checked), so the model computes exactly what it computes
+without the recorder and training with and without it gives the same weights.  Statistics are
+computed in float32 (float64 for a float64 model) and Gram terms in float64, whatever the
+model's dtype.  Only statistics are kept, never the history of h_t.
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Sequence
 
@@ -28,85 +31,110 @@ from torch import nn
 
 from . import metrics
 from .export import write_csv
+from .features import FeatureExtractor, model_device, model_float_dtype, parse_name, unwrap
 
 MAX_AUTO_PAIRS_PROBES = 256  # "all pairs" by default up to this many probes
+MAX_GRAM_ROWS = 10_000_000  # default budget of stored Gram rows (GRAM_ROW_BYTES each)
+GRAM_ROW_BYTES = 40  # five float64 terms per (record, layer, pair); i and j are stored once
+DRIFT_COLUMNS = ["l2", "linf", "ratio"]
+GRAM_COLUMNS = ["inner", "cosine", "inner0", "cross", "quadratic"]
 
-
-class _StopProbe(Exception):
-    """Raised inside a hook to end a probe pass once every recorded layer has fired."""
+Stat = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class DriftRecorder:
     """Record drift of module outputs from their values at initialization.
 
     Args:
-        model: any ``nn.Module``.
-        layers: module names (as in ``model.named_modules()``) whose outputs are recorded.
-            Default for :class:`~lazydrift.model.NTKMLP`: its last hidden layer.
-        probes: the fixed inputs x on which h_t(x) is evaluated (first dimension = probes).
-        pairs: Gram trajectories to record: ``"all"`` (every pair i < j), a list of (i, j)
-            probe-index pairs, ``None`` (none), or ``"auto"`` (all pairs when there are at
-            most 256 probes, else none).
+        model: any ``nn.Module`` (``torch.compile``, ``DataParallel`` and DDP wrappers are
+            looked through: the user's own layer names work).
+        layers: module names (as in ``model.named_modules()``) whose outputs are recorded; a
+            module that runs several times per forward pass is recorded per call, as
+            ``name#0``, ``name#1``, ... (``name#k`` records call k only).  Default for
+            :class:`~lazydrift.model.NTKMLP`: its last hidden layer.
+        probes: the fixed inputs x on which h_t(x) is evaluated: a tensor (``model(x)``), a
+            tuple or list of tensors (``model(*x)``) or a dict of tensors (``model(**x)``),
+            each with the probes along its first dimension.  The recorder keeps its own copy,
+            floating tensors cast to the model's floating dtype.
+        pairs: Gram trajectories to record: ``"all"`` (every pair i < j), an integer k (every
+            pair among the first k probes), a list of (i, j) probe-index pairs, ``None``
+            (none), or ``"auto"`` (all pairs when there are at most 256 probes, else none).
         probe_batch_size: probes per forward pass.
-        stop_early: end each probe pass once the recorded layers have fired.
+        stop_early: end each probe pass once the recorded layers have produced their outputs.
+        select: layer name -> function from the module's output to a probes-first tensor
+            (tuples, dicts, sequence-first outputs); see :mod:`lazydrift.features`.
+        stats: name -> ``fn(h_t, h_0)`` returning one value per probe: extra columns of
+            drift.csv and measures of summary.csv (e.g. ``metrics.coord_abs_mean``, the
+            coordinate check).  h_t and h_0 are (probes, features) matrices.
+        max_gram_rows: the budget of stored Gram rows (GRAM_ROW_BYTES = 40 bytes each): a
+            record that would exceed it is refused with the estimate.
+        check_probes: when h_0 is captured, rerun probes {last, first} alone and require the
+            same rows (the outputs' first dimension indexes the probes).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None,
-                 probes: torch.Tensor | None = None, *, pairs="auto",
-                 probe_batch_size: int = 1024, stop_early: bool = True):
+    def __init__(self, model: nn.Module, layers: Sequence[str] | str | None = None,
+                 probes=None, *, pairs="auto", probe_batch_size: int = 1024, stop_early: bool = True,
+                 select: Mapping[str, Callable] | None = None, stats: Mapping[str, Stat] | None = None,
+                 max_gram_rows: int = MAX_GRAM_ROWS, check_probes: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        self.model = model
-        modules = dict(model.named_modules())
-        available = [name for name in modules if name]
+        root, _ = unwrap(model)
         if layers is None:
-            if not hasattr(model, "default_record_layers"):
-                raise ValueError("layers= is required for this model; available layer names: "
-                                 + ", ".join(available))
-            layers = model.default_record_layers()
-        if isinstance(layers, str):
-            layers = [layers]
-        layers = list(dict.fromkeys(layers))
-        if not layers:
-            raise ValueError("layers= must name at least one module")
-        unknown = [name for name in layers if name not in modules or not name]
-        if unknown:
-            raise ValueError(f"unknown layer name(s) {unknown}; available: {', '.join(available)}")
-        self.layers = layers
-        self._modules = {name: modules[name] for name in layers}
-
-        if not isinstance(probes, torch.Tensor) or probes.dim() == 0 or probes.shape[0] == 0:
-            raise ValueError("probes= must be a non-empty tensor whose first dimension indexes probes")
-        if hasattr(model, "check_input"):
-            model.check_input(probes)
-        device = next((p.device for p in model.parameters()), probes.device)
-        self.probes = probes.to(device)
-        self.n_probes = probes.shape[0]
-        if probe_batch_size < 1:
-            raise ValueError(f"probe_batch_size must be >= 1, got {probe_batch_size}")
-        self.probe_batch_size = probe_batch_size
-        self.stop_early = stop_early
-        self.pairs = self._resolve_pairs(pairs)
-
+            if not hasattr(root, "default_record_layers"):
+                names = [name for name, _ in root.named_modules() if name]
+                raise ValueError("layers= is required for this model; available layer names: " + ", ".join(names))
+            layers = root.default_record_layers()
+        if not isinstance(probe_batch_size, int) or isinstance(probe_batch_size, bool) or probe_batch_size < 1:
+            raise ValueError(f"probe_batch_size must be >= 1, got {probe_batch_size!r}")
+        self.model = model
+        self._stat_dtype = torch.float64 if model_float_dtype(root) == torch.float64 else torch.float32
+        self._extractor = FeatureExtractor(model, layers, select=select, batch_size=probe_batch_size,
+                                           dtype=self._stat_dtype, flatten=True, stop_early=stop_early)
+        if probes is None:
+            raise ValueError("probes= is required: the inputs whose features are followed, probes along the first "
+                             "dimension (a tensor, a tuple or list of tensors, or a dict of tensors)")
+        self.probes = self._extractor.prepare(probes, copy=True, what="probes")  # our own copy
+        self.n_probes = self.probes.n
+        self.probe_batch_size, self.stop_early, self.check_probes = probe_batch_size, stop_early, check_probes
+        self.stats = self._check_stats(stats)
+        if not isinstance(max_gram_rows, int) or max_gram_rows < 0:
+            raise ValueError(f"max_gram_rows must be a non-negative integer, got {max_gram_rows!r}")
+        self.max_gram_rows = max_gram_rows
         self.h0: dict[str, torch.Tensor] = {}
-        self._handles: list = []
+        self._restored = False
         self._active = False
-        self._capturing = False
-        self._captured: dict[str, torch.Tensor] = {}
-        self._drift: list[dict] = []
-        self._gram: list[dict] = []
+        self._drift: list[dict] = []  # one block a (record, layer): step, layer, a value per probe per measure
+        self._gram: list[dict] = []  # one block a (record, layer): step, layer, a value per pair per term
+        self._steps: list[int] = []
         self._neurons: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        self.pairs = self._resolve_pairs(pairs)
+        self._layers = [self._extractor.display(m, c) for m, c in self._extractor._requests]
+        self._check_gram_budget(len(self._layers), 1, "DriftRecorder(...)", ValueError)
 
     # -- setup -----------------------------------------------------------------------------
+    def _check_stats(self, stats) -> dict[str, Stat]:
+        stats = dict(stats or {})
+        for name, fn in stats.items():
+            if not isinstance(name, str) or not name.isidentifier() or name in ("step", "layer", "probe", *DRIFT_COLUMNS):
+                raise ValueError(f"stats= key {name!r}: a column name (an identifier other than step, layer, probe, "
+                                 f"{', '.join(DRIFT_COLUMNS)})")
+            if not callable(fn):
+                raise TypeError(f"stats[{name!r}] must be a function fn(h_t, h_0) -> one value per probe")
+        return stats
+
     def _resolve_pairs(self, pairs) -> tuple[np.ndarray, np.ndarray] | None:
-        if pairs is None or pairs == "none":
+        if pairs is None or (isinstance(pairs, str) and pairs == "none"):
             return None
         if isinstance(pairs, str):
             if pairs == "auto":
                 return metrics.all_pairs(self.n_probes) if self.n_probes <= MAX_AUTO_PAIRS_PROBES else None
             if pairs == "all":
                 return metrics.all_pairs(self.n_probes)
-            raise ValueError(f"pairs must be 'all', 'auto', None or a list of (i, j); got {pairs!r}")
+            raise ValueError(f"pairs must be 'all', 'auto', None, an integer k or a list of (i, j); got {pairs!r}")
+        if isinstance(pairs, (int, np.integer)) and not isinstance(pairs, bool):
+            if not 2 <= pairs <= self.n_probes:
+                raise ValueError(f"pairs={pairs}: all pairs of the first k probes needs 2 <= k <= {self.n_probes}")
+            return metrics.all_pairs(int(pairs))
         arr = np.asarray(list(pairs), dtype=np.int64)
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise ValueError("pairs must be a list of (i, j) probe-index pairs")
@@ -114,122 +142,142 @@ class DriftRecorder:
             raise ValueError(f"pair indices must lie in [0, {self.n_probes}), the probe indices")
         return arr[:, 0].copy(), arr[:, 1].copy()
 
-    def _hook(self, name: str):
-        def hook(module, inputs, output):
-            if not self._capturing or name in self._captured:
-                return None  # inert outside probe passes: the model's output is untouched
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            self._captured[name] = out.detach().reshape(out.shape[0], -1).clone()
-            if self.stop_early and len(self._captured) == len(self.layers):
-                raise _StopProbe
-            return None
-        return hook
+    def _check_gram_budget(self, n_layers: int, records: int, where: str, error: type) -> None:
+        """Refuse before storing more Gram rows than ``max_gram_rows`` (the memory guard)."""
+        if self.pairs is None:
+            return
+        n_pairs = len(self.pairs[0])
+        stored = sum(len(block["inner"]) for block in self._gram)
+        needed = stored + n_pairs * n_layers * records
+        if needed <= self.max_gram_rows:
+            return
+        per_layer = self.max_gram_rows // max(1, n_layers * (len(self._steps) + records))
+        k = int((1 + np.sqrt(1 + 8 * per_layer)) / 2)
+        raise error(f"{where} would store {needed:,} Gram rows ({n_pairs:,} probe pairs x {n_layers} layer(s) a record, "
+                    f"{stored:,} stored so far; about {needed * GRAM_ROW_BYTES / 1e9:.2f} GB) over the budget of "
+                    f"max_gram_rows={self.max_gram_rows:,} ({GRAM_ROW_BYTES} bytes a row). Choose fewer pairs: "
+                    f"pairs=k records all pairs among the first k probes (k(k-1)/2 per layer and record; k = {k} "
+                    f"fits {len(self._steps) + records} record(s)), pairs=[(i, j), ...] the pairs you "
+                    "need, pairs=None none; or raise max_gram_rows")
 
+    @property
+    def layers(self) -> list[str]:
+        """The recorded layers' names as they appear in the results (``name#k`` per call)."""
+        return list(self._layers)
+
+    # -- entering ----------------------------------------------------------------------------------
     def __enter__(self) -> "DriftRecorder":
         if self._active:
             raise RuntimeError("this DriftRecorder is already active")
-        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in self._modules.items()]
+        if self.model is None:
+            raise RuntimeError("this DriftRecorder's model was released (release_model()); build a new one")
+        if self._restored:  # restored from a checkpoint on purpose: keep its h_0
+            self._restored = False
+        else:
+            h0 = self._probe_pass(check=self.check_probes)
+            if self._steps and not _same(h0, self.h0):
+                raise RuntimeError(
+                    f"this DriftRecorder already holds records (steps {self._steps[0]}..{self._steps[-1]}) measured "
+                    "from an h_0 the model no longer produces (it changed since the recorder was last entered). "
+                    "To start over from the model as it is now: rec.reset(), then enter again; to continue from "
+                    "the old h_0: rec.load_state_dict(rec.state_dict()), then enter again")
+            self.h0 = h0
+            if not self._steps:
+                self._check_gram_budget(len(h0), 1, "DriftRecorder", ValueError)
         self._active = True
-        try:
-            if not self.h0:  # a recorder restored from a checkpoint keeps its h_0
-                self.h0 = self._probe_pass()
-        except BaseException:
-            self._remove_hooks()
-            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self._remove_hooks()
+        self._active = False
         return False
 
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._active = False
+    def reset(self) -> None:
+        """Forget h_0 and every record: the next ``with`` block starts a new recording."""
+        if self._active:
+            raise RuntimeError("reset() must be called outside the `with` block")
+        self.h0, self._drift, self._gram, self._steps, self._neurons = {}, [], [], [], {}
+        self._restored = False
 
     # -- probe passes ---------------------------------------------------------------------------
-    def _probe_pass(self) -> dict[str, torch.Tensor]:
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        out: dict[str, torch.Tensor] = {}
-        try:
-            with torch.no_grad():
-                start = 0
-                for batch in self.probes.split(self.probe_batch_size):
-                    self._captured = {}
-                    self._capturing = True
-                    try:
-                        self.model(batch)
-                    except _StopProbe:
-                        pass
-                    finally:
-                        self._capturing = False
-                    missing = [n for n in self.layers if n not in self._captured]
-                    if missing:
-                        raise RuntimeError(f"layer(s) {missing} did not run during the model's forward pass")
-                    for name, h in self._captured.items():
-                        if name not in out:  # filled chunk by chunk: no second copy from a concatenation
-                            out[name] = h if len(h) == self.n_probes else h.new_empty((self.n_probes, *h.shape[1:]))
-                        if out[name] is not h:
-                            out[name][start:start + len(h)] = h
-                    start += len(batch)
-        finally:
-            self._captured = {}
-            for module, mode in modes:
-                module.training = mode
-        return {name: out[name] for name in self.layers}
+    def _probe_pass(self, check: bool = False) -> dict[str, torch.Tensor]:
+        hs = self._extractor(self.probes, check=check)
+        self._layers = list(hs)
+        return hs
 
     def features(self) -> dict[str, torch.Tensor]:
-        """Run a probe pass now and return h_t for each recorded layer (probes x neurons)."""
+        """Run a probe pass now and return h_t for each recorded layer (probes x features)."""
         self._require_active("features")
         return self._probe_pass()
 
     def _require_active(self, what: str) -> None:
         if not self._active:
             raise RuntimeError(f"DriftRecorder.{what}() must be called inside its `with` block "
-                               "(the hooks are removed when the block exits)")
+                               "(h_0 is captured when the block is entered)")
 
     # -- recording -----------------------------------------------------------------------------
     def record(self, step: int) -> dict[str, np.ndarray]:
-        """Evaluate the probes without grad and append one row per (layer, probe).
+        """Evaluate the probes without grad and store one row per (layer, probe) at ``step``.
 
         Returns each layer's l2 per probe at this step (for progress bars and divergence checks).
         """
         self._require_active("record")
+        if isinstance(step, bool) or isinstance(step, float):
+            raise TypeError(f"record(step): step must be an integer, got {step!r}")
+        try:
+            step = operator.index(step)
+        except TypeError:
+            raise TypeError(f"record(step): step must be an integer, got {step!r}") from None
+        if step in self._steps:
+            raise ValueError(f"record({step}): step {step} is already recorded; record each step once "
+                             "(a repeated step would duplicate its rows)")
         hs = self._probe_pass()
-        probe = np.arange(self.n_probes)
+        if set(hs) != set(self.h0):
+            raise RuntimeError(f"record({step}): the probe pass gives layers {list(hs)} but h_0 holds {list(self.h0)}")
+        self._check_gram_budget(len(hs), 1, f"record({step})", RuntimeError)
         l2_by_layer = {}
-        for name in self.layers:
-            h, h0 = hs[name], self.h0[name]
+        for name, h in hs.items():
+            h0 = self.h0[name]
+            if h.shape != h0.shape:
+                raise RuntimeError(f"record({step}): layer {name} gives {tuple(h.shape)} but h_0 is "
+                                   f"{tuple(h0.shape)}; the layer changed shape since h_0 was captured")
             l2, linf, ratio, mean_abs, max_abs = metrics.drift_stats(h, h0)
-            l2_by_layer[name] = l2.cpu().numpy()
-            self._drift.append({"step": np.full(self.n_probes, step), "layer": [name] * self.n_probes,
-                                "probe": probe, "l2": l2_by_layer[name], "linf": linf.cpu().numpy(),
-                                "ratio": ratio.cpu().numpy()})
-            self._neurons[name] = (step, mean_abs.cpu().numpy(), max_abs.cpu().numpy())
+            block = {"step": step, "layer": name, "l2": _numpy(l2), "linf": _numpy(linf), "ratio": _numpy(ratio)}
+            for stat, fn in self.stats.items():
+                block[stat] = self._stat(stat, fn, h, h0)
+            self._drift.append(block)
+            l2_by_layer[name] = block["l2"]
+            self._neurons[name] = (step, _numpy(mean_abs), _numpy(max_abs))
             if self.pairs is not None:
-                i, j = self.pairs
-                terms = metrics.gram_terms(h0, h, torch.as_tensor(i, device=h.device),
-                                           torch.as_tensor(j, device=h.device))
-                self._gram.append({"step": np.full(len(i), step), "layer": [name] * len(i),
-                                   "i": i, "j": j, **terms})
+                i, j = (torch.as_tensor(a, device=h.device) for a in self.pairs)
+                self._gram.append({"step": step, "layer": name, **metrics.gram_terms(h0, h, i, j)})
+        self._steps.append(step)
         return l2_by_layer
+
+    def _stat(self, name: str, fn: Stat, h: torch.Tensor, h0: torch.Tensor) -> np.ndarray:
+        value = fn(h, h0)
+        value = torch.as_tensor(value)
+        if value.shape != (self.n_probes,):
+            raise ValueError(f"stats[{name!r}] returned shape {tuple(value.shape)}; it must return one value per "
+                             f"probe, shape ({self.n_probes},)")
+        return _numpy(value.detach().to(self._stat_dtype))
 
     # -- results -------------------------------------------------------------------------------
     def frame(self) -> pd.DataFrame:
-        """Tidy rows: step, layer, probe, l2, linf, ratio."""
-        cols = ["step", "layer", "probe", "l2", "linf", "ratio"]
+        """Tidy rows: step, layer, probe, l2, linf, ratio (and one column per ``stats`` entry)."""
+        cols = ["step", "layer", "probe", *DRIFT_COLUMNS, *self.stats]
         if not self._drift:
             return pd.DataFrame(columns=cols)
-        return pd.concat([pd.DataFrame(rows) for rows in self._drift], ignore_index=True)[cols]
+        probe = np.arange(self.n_probes)
+        parts = [pd.DataFrame({"step": np.full(len(b["l2"]), b["step"], dtype=np.int64), "layer": b["layer"],
+                               "probe": probe, **{c: b[c] for c in cols[3:]}}) for b in self._drift]
+        return pd.concat(parts, ignore_index=True)[cols]
 
     def summary(self) -> pd.DataFrame:
         """Per (layer, step, measure): mean and sample s.d. over probes, and the probe count."""
-        return summarize_drift(self.frame(), ["layer", "step"])
+        return summarize_drift(self.frame(), ["layer", "step"], [*DRIFT_COLUMNS, *self.stats])
 
     def neurons(self) -> pd.DataFrame:
-        """Per neuron of each layer, at the last recorded step: mean and max over probes of |h_t - h_0|."""
+        """Per neuron of each layer, at its last record: mean and max over probes of |h_t - h_0|."""
         parts = [pd.DataFrame({"layer": name, "step": step, "neuron": np.arange(len(mean_abs)),
                                "mean_abs_dev": mean_abs, "max_abs_dev": max_abs})
                  for name, (step, mean_abs, max_abs) in self._neurons.items()]
@@ -238,10 +286,13 @@ class DriftRecorder:
 
     def gram_frame(self) -> pd.DataFrame:
         """Tidy Gram rows: step, layer, i, j, inner, cosine, inner0, cross, quadratic."""
-        cols = ["step", "layer", "i", "j", "inner", "cosine", "inner0", "cross", "quadratic"]
-        if not self._gram:
+        cols = ["step", "layer", "i", "j", *GRAM_COLUMNS]
+        if not self._gram or self.pairs is None:
             return pd.DataFrame(columns=cols)
-        return pd.concat([pd.DataFrame(rows) for rows in self._gram], ignore_index=True)[cols]
+        i, j = self.pairs
+        parts = [pd.DataFrame({"step": np.full(len(i), b["step"], dtype=np.int64), "layer": b["layer"], "i": i,
+                               "j": j, **{c: b[c] for c in GRAM_COLUMNS}}) for b in self._gram]
+        return pd.concat(parts, ignore_index=True)[cols]
 
     def to_csv(self, directory: str | Path) -> list[Path]:
         """Write drift.csv, summary.csv, neurons.csv (and gram.csv when pairs are recorded)."""
@@ -258,48 +309,89 @@ class DriftRecorder:
         if self._active:
             raise RuntimeError("release_model() must be called after the `with` block")
         self.model = None
-        self._modules = {}
+        self._extractor = None
         self.probes = None
         self.h0 = {}
 
+    def __repr__(self) -> str:
+        model = "released" if self.model is None else type(self.model).__name__
+        probes = "released" if self.probes is None else self.probes.describe()
+        pairs = "none" if self.pairs is None else f"{len(self.pairs[0]):,}"
+        steps = f"{len(self._steps)} (steps {min(self._steps)}..{max(self._steps)})" if self._steps else "0"
+        stats = f", stats={list(self.stats)}" if self.stats else ""
+        state = "active" if self._active else ("h_0 captured" if self.h0 else "h_0 not captured")
+        return (f"DriftRecorder(model={model}, layers={self.layers}, probes={probes}, pairs={pairs}{stats}, "
+                f"records={steps}, {state})")
+
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """h_0 and every row recorded so far, as tensors and plain Python values."""
+        """h_0 and every record so far, as tensors and plain Python values."""
         return {
             "h0": {name: t.cpu() for name, t in self.h0.items()},
-            "drift": [_rows_to_tensors(r) for r in self._drift],
-            "gram": [_rows_to_tensors(r) for r in self._gram],
+            "drift": [_block_to_tensors(b) for b in self._drift],
+            "gram": [_block_to_tensors(b) for b in self._gram],
+            "steps": list(self._steps),
             "neurons": {name: (step, torch.from_numpy(a), torch.from_numpy(b))
                         for name, (step, a, b) in self._neurons.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore h_0 and the records (an explicit checkpoint restore): the next ``with`` block
+        keeps this h_0 instead of capturing a new one."""
         if self._active:
             raise RuntimeError("load_state_dict() must be called before entering the recorder")
-        device = self.probes.device
-        self.h0 = {name: t.to(device) for name, t in state["h0"].items()}
-        self._drift = [_rows_from_tensors(r) for r in state["drift"]]
-        self._gram = [_rows_from_tensors(r) for r in state["gram"]]
-        self._neurons = {name: (int(step), a.numpy(), b.numpy())
-                         for name, (step, a, b) in state["neurons"].items()}
+        if self.model is None:
+            raise RuntimeError("load_state_dict(): this DriftRecorder's model was released")
+        requested = {parse_name(name)[0] for name in self._layers}
+        unknown = [name for name in state["h0"] if parse_name(name)[0] not in requested]
+        if unknown:
+            raise ValueError(f"load_state_dict(): the checkpoint records layer(s) {unknown}, this recorder "
+                             f"{self._layers}")
+        device = model_device(unwrap(self.model)[0])
+        self.h0 = {name: t.to(device=device, dtype=self._stat_dtype) for name, t in state["h0"].items()}
+        self._layers = list(self.h0) or self._layers
+        self._drift = [_block_from_tensors(b) for b in state["drift"]]
+        self._gram = [_block_from_tensors(b, drop=("i", "j")) for b in state["gram"]]
+        steps = state.get("steps")
+        self._steps = [int(s) for s in steps] if steps is not None else list(dict.fromkeys(b["step"] for b in self._drift))
+        self._neurons = {name: (int(step), a.numpy(), b.numpy()) for name, (step, a, b) in state["neurons"].items()}
+        self._restored = True
 
 
-def summarize_drift(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Long-format mean / sample s.d. / count over probes of l2, linf and ratio per ``keys``."""
-    long = frame.melt(id_vars=keys + ["probe"], value_vars=["l2", "linf", "ratio"],
-                      var_name="measure", value_name="value")
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k].to(a[k].device))
+                                        for k in a)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def summarize_drift(frame: pd.DataFrame, keys: list[str], measures: Sequence[str] = DRIFT_COLUMNS) -> pd.DataFrame:
+    """Long-format mean / sample s.d. / count over probes of each measure per ``keys``."""
+    long = frame.melt(id_vars=keys + ["probe"], value_vars=list(measures), var_name="measure", value_name="value")
     long["value"] = long["value"].astype(float)
     out = (long.groupby(keys + ["measure"], sort=True)["value"]
            .agg(mean="mean", std="std", n_probes="count").reset_index())
     return out[keys + ["measure", "mean", "std", "n_probes"]]
 
 
-def _rows_to_tensors(rows: dict) -> dict:
-    return {k: (list(v) if k == "layer" else torch.from_numpy(np.asarray(v))) for k, v in rows.items()}
+def _block_to_tensors(block: dict) -> dict:
+    return {k: (v if k in ("step", "layer") else torch.from_numpy(np.asarray(v))) for k, v in block.items()}
 
 
-def _rows_from_tensors(rows: dict) -> dict:
-    return {k: (list(v) if k == "layer" else v.numpy()) for k, v in rows.items()}
+def _block_from_tensors(block: dict, drop: tuple[str, ...] = ()) -> dict:
+    out = {}
+    for k, v in block.items():
+        if k in ("probe", *drop):  # older checkpoints stored these per row
+            continue
+        if k == "step":
+            out[k] = int(v) if not isinstance(v, torch.Tensor) or v.dim() == 0 else int(v[0])
+        elif k == "layer":
+            out[k] = v if isinstance(v, str) else v[0]
+        else:
+            out[k] = v.numpy()
+    return out
 
 
 def log_schedule(steps: int, points: int = 30) -> list[int]:

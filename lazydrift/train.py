@@ -26,20 +26,42 @@ class DivergenceError(RuntimeError):
                          "lower [train] lr or check the data")
 
 
-@contextlib.contextmanager
-def fused_sgd(model: nn.Module, lr: float) -> Iterator[None]:
-    """Within the block, ``loss.backward()`` applies SGD with learning rate ``lr`` (times each
-    layer's ``lr_scale``) to the weights of lazydrift layers in place and leaves ``.grad`` unset."""
-    layers = [m for m in model.modules() if hasattr(m, "sgd_lr")]
-    if not layers:
-        raise ValueError("fused_sgd needs a model built from lazydrift layers (e.g. NTKMLP)")
-    for layer in layers:
-        layer.sgd_lr = lr
-    try:
-        yield
-    finally:
+class fused_sgd:
+    """SGD inside ``loss.backward()``: each lazydrift layer's weight takes its step in place, with
+    learning rate ``lr`` times the layer's ``lr_scale``, and ``.grad`` is left unset.
+
+    Use it as ``with fused_sgd(model, lr): loss.backward()``: on leaving the block the layers
+    return to plain autograd.  Called without ``with`` it is just as active, until
+    ``.close()`` (so the call never silently does nothing).  Blocks nest: leaving one restores
+    the learning rates that held before it.
+    """
+
+    def __init__(self, model: nn.Module, lr: float):
+        layers = [m for m in model.modules() if hasattr(m, "sgd_lr")]
+        if not layers:
+            raise ValueError("fused_sgd needs a model built from lazydrift layers (e.g. NTKMLP)")
+        try:
+            rate = float(lr)
+        except (TypeError, ValueError):
+            rate = math.nan
+        if isinstance(lr, bool) or not math.isfinite(rate):
+            raise ValueError(f"fused_sgd: lr must be a finite number, got {lr!r}")
+        self._previous = [(layer, layer.sgd_lr) for layer in layers]
         for layer in layers:
-            layer.sgd_lr = None
+            layer.sgd_lr = rate
+
+    def close(self) -> None:
+        """Return the layers to the learning rates they had before (plain autograd if none)."""
+        for layer, lr in self._previous:
+            layer.sgd_lr = lr
+        self._previous = []
+
+    def __enter__(self) -> "fused_sgd":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.close()
+        return False
 
 
 class _MSELoss(torch.autograd.Function):

@@ -257,14 +257,10 @@ def test_lemma_1_and_theorem_2_limit_one_quarter():
 
 # -- Monte Carlo over a finite network ------------------------------------------------------------
 def hidden_outputs(model, x):
-    out = {}
-    hooks = [model.hidden[k].register_forward_hook(lambda m, i, o, k=k: out.__setitem__(k, o))
-             for k in range(model.depth)]
-    with torch.no_grad():
-        model(x)
-    for hk in hooks:
-        hk.remove()
-    return out
+    from lazydrift import extract_features  # imported here: this section is the only user
+
+    feats = extract_features(model, x, [f"hidden.{k}" for k in range(model.depth)])
+    return {k: feats[f"hidden.{k}"] for k in range(model.depth)}
 
 
 def test_nngp_monte_carlo_one_hidden_layer():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lazydrift import NTKMLP, fused_sgd, mse_loss
+from lazydrift import NTKMLP, extract_features, fused_sgd, mse_loss
 
 
 @pytest.mark.parametrize("input_scale", ["fan_in", "embedding"])
@@ -26,11 +26,11 @@ def test_module_names_and_last_hidden():
     names = dict(model.named_modules())
     assert {"hidden.0", "hidden.1", "hidden.2", "readout"} <= names.keys()
     assert model.last_hidden == "hidden.2"
-    # hidden.k's output is post-ReLU: non-negative
-    out = {}
-    names["hidden.1"].register_forward_hook(lambda m, i, o: out.setdefault("h", o))
-    model(torch.randn(5, 10))
-    assert (out["h"] >= 0).all()
+    # hidden.k's output is post-ReLU: non-negative, and zero exactly where its pre-activation is not positive
+    feats = extract_features(model, torch.randn(5, 10), ["hidden.1.0", "hidden.1"])
+    pre, post = feats["hidden.1.0"], feats["hidden.1"]
+    assert (post >= 0).all() and (post > 0).any()
+    assert torch.equal(post, pre.clamp(min=0))
 
 
 def test_seed_reproducible_and_private():
@@ -53,10 +53,8 @@ def test_init_preactivation_variance_matches_proposition_1():
     n0, width = 30, 4000
     model = NTKMLP(n0, width, 1, depth=3, seed=0, dtype=torch.float64)
     x = torch.randn(4, n0, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2.0
-    pre = {}
-    for k in range(3):
-        model.hidden[k][0].register_forward_hook(lambda m, i, o, k=k: pre.__setitem__(k, o))
-    model(x)
+    feats = extract_features(model, x, [f"hidden.{k}.0" for k in range(3)])
+    pre = {k: feats[f"hidden.{k}.0"] for k in range(3)}
     tol = 4 * math.sqrt(2 / width)
     for k in range(3):
         expected = (x.pow(2).sum(1) / (n0 * 2**k))

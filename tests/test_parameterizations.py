@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import torch
 
-from lazydrift import NTKMLP, fused_sgd, mse_loss
+from lazydrift import NTKMLP, extract_features, fused_sgd, mse_loss
 
 WIDTHS = (256, 512, 1024, 2048, 4096)
 SEEDS = (0, 1, 2, 3)
@@ -56,21 +56,17 @@ def measure(parameterization: str, width: int, seed: int) -> dict[str, float]:
     x = torch.randn(BATCH, D_IN, generator=g)  # |x|^2 ~ d: O(1) first-layer pre-activations
     y = torch.randn(BATCH, D_OUT, generator=g)
     model = NTKMLP(D_IN, width, D_OUT, depth=2, parameterization=parameterization, input_scale="fan_in", seed=seed)
-    pre, post = [], []
-    for block in model.hidden:
-        block[0].register_forward_hook(lambda m, i, o: pre.append(o.detach()))
-        block.register_forward_hook(lambda m, i, o: post.append(o.detach()))
+    pre_names = [f"hidden.{k}.0" for k in range(model.depth)]
+    post_names = [f"hidden.{k}" for k in range(model.depth)]
+    feats = extract_features(model, x, pre_names + post_names)
     with torch.no_grad():
         out = model(x)
-    h0 = post[-1]
-    out_stats = {"pre": float(np.mean([rms(p) for p in pre])), "post": float(np.mean([rms(p) for p in post])),
-                 "output": rms(out)}
+    out_stats = {"pre": float(np.mean([rms(feats[n]) for n in pre_names])),
+                 "post": float(np.mean([rms(feats[n]) for n in post_names])), "output": rms(out)}
     with fused_sgd(model, ETA):
         mse_loss(model(x), y).backward()
-    post.clear()
-    with torch.no_grad():
-        model(x)
-    out_stats["update"] = rms(post[-1] - h0)
+    h1 = extract_features(model, x, [model.last_hidden])[model.last_hidden]
+    out_stats["update"] = rms(h1 - feats[model.last_hidden])
     return out_stats
 
 

@@ -1,4 +1,9 @@
-"""DriftRecorder: metric math by hand, and each clause of the recorder's contract."""
+"""DriftRecorder: metric math by hand, and each clause of the recorder's contract (the matrix of
+real models is in test_recorder_models.py)."""
+
+import copy
+import io
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -105,14 +110,18 @@ def test_restores_train_eval_modes_and_evaluates_in_eval_mode():
     assert (rec.frame().l2 == 0).all()
 
 
-def test_hooks_removed_on_exit_even_when_loop_raises():
+def test_no_hooks_on_the_model_inside_the_block_and_pickling_works():
     model = NTKMLP(10, 8, 3, seed=0)
     rec = DriftRecorder(model, probes=torch.arange(10))
     with pytest.raises(ZeroDivisionError):
         with rec:
-            assert len(model.hidden[1]._forward_hooks) == 1
+            rec.record(0)
+            # hooks exist only during a probe pass: the model saves, pickles and copies as it is
+            assert all(not m._forward_hooks for m in model.modules())
+            clone = pickle.loads(pickle.dumps(model))
+            torch.save(model, io.BytesIO())
+            assert torch.equal(copy.deepcopy(model)(torch.arange(10)), clone(torch.arange(10)))
             1 / 0
-    assert all(len(m._forward_hooks) == 0 for m in model.modules())
     with pytest.raises(RuntimeError, match="inside its `with` block"):
         rec.record(3)
 
@@ -127,7 +136,9 @@ def test_any_module_several_layers_and_early_stop():
         with torch.no_grad():
             model[0].weight.add_(0.1)
         rec.record(1)
-    assert calls == []  # the readout never ran during probe passes
+    # the readout ran once: the first chunk of the first pass runs to the end to count each module's
+    # calls; the other 2 chunks of that pass, the check pass and the record's 3 chunks stop early
+    assert calls == [1]
     f = rec.frame()
     assert set(f.layer) == {"1", "3"} and len(f) == 2 * 7
     expected = (torch.tanh(model[0](probes)) - rec.h0["1"]).norm(dim=1)
@@ -141,8 +152,8 @@ def test_h0_on_model_device_and_only_statistics_stored():
         for step in range(1, 11):
             rec.record(step)
     assert rec.h0["hidden.1"].device == model.readout.weight.device
-    stored = sum(np.asarray(v).size for rows in rec._drift for k, v in rows.items() if k != "layer")
-    assert stored == 10 * 20 * 5  # step, probe, l2, linf, ratio per probe per record: no h_t kept
+    stored = sum(np.asarray(v).size for block in rec._drift for k, v in block.items() if k not in ("step", "layer"))
+    assert stored == 10 * 20 * 3  # l2, linf, ratio per probe per record: no h_t kept
     assert len(rec.neurons()) == 64
 
 
@@ -193,3 +204,134 @@ def test_log_schedule():
     assert s[0] == 0 and s[-1] == 1000 and s == sorted(set(s))
     assert 1 in s and len(s) <= 12
     assert log_schedule(3, 30) == [0, 1, 2, 3]
+
+
+def test_reentry_captures_h0_afresh_or_says_what_to_do():
+    model = NTKMLP(30, 40, 30, input_scale="embedding", seed=0)
+    probes = torch.arange(6)
+    rec = DriftRecorder(model, probes=probes)
+    with rec:
+        pass  # no records: a later entry simply captures h_0 again
+    model.reset_parameters(seed=1)
+    with rec:
+        with torch.no_grad():
+            expected = model.hidden[1](model.hidden[0](probes))
+        torch.testing.assert_close(rec.h0["hidden.1"], expected, rtol=0, atol=0)  # the same computation
+        rec.record(0)
+    with rec:  # the model did not change: the recording continues
+        rec.record(1)
+    model.reset_parameters(seed=2)  # re-initialized: the stored rows belong to the old h_0
+    with pytest.raises(RuntimeError, match=r"already holds records \(steps 0..1\).*rec.reset\(\).*load_state_dict"):
+        with rec:
+            pass
+    rec.reset()
+    with rec:
+        rec.record(0)
+    assert (rec.frame().l2 == 0).all() and list(rec.frame().step.unique()) == [0]
+
+
+def test_a_step_is_recorded_once_and_is_an_integer():
+    model = NTKMLP(10, 8, 3, seed=0)
+    with DriftRecorder(model, probes=torch.arange(10)) as rec:
+        rec.record(3)
+        with pytest.raises(ValueError, match=r"record\(3\): step 3 is already recorded"):
+            rec.record(3)
+        with pytest.raises(TypeError, match="step must be an integer"):
+            rec.record(1.5)
+        with pytest.raises(TypeError, match="step must be an integer"):
+            rec.record(True)
+        rec.record(np.int64(4))
+    f = rec.frame()
+    assert f.groupby("step").size().to_dict() == {3: 10, 4: 10}
+    assert rec.summary().query("step == 3 and measure == 'l2'").n_probes.item() == 10
+
+
+def test_memory_guard_refuses_with_the_estimate():
+    model = NTKMLP(5000, 8, 2, seed=0)
+    with pytest.raises(ValueError, match=r"would store 12,497,500 Gram rows \(12,497,500 probe pairs x 1 layer.*"
+                                         r"about 0.50 GB.*max_gram_rows=10,000,000.*pairs=k .*k = 4472"):
+        DriftRecorder(model, probes=torch.arange(5000), pairs="all")
+    # the budget counts every record: 45 pairs a record, a budget of 100 rows holds two records
+    rec = DriftRecorder(model, probes=torch.arange(10), pairs="all", max_gram_rows=100)
+    with rec:
+        rec.record(0)
+        rec.record(1)
+        with pytest.raises(RuntimeError, match=r"record\(2\) would store 135 Gram rows .*90 stored so far"):
+            rec.record(2)
+    assert len(rec.gram_frame()) == 90 and rec.frame().step.max() == 1
+    # 4472 * 4471 / 2 = 9,997,156 <= 10M < 4473 * 4472 / 2: the suggested k is the largest that fits
+    assert 4472 * 4471 // 2 <= 10_000_000 < 4473 * 4472 // 2
+    assert len(DriftRecorder(model, probes=torch.arange(20), pairs=5).pairs[0]) == 10
+
+
+def test_own_statistics_and_the_coordinate_check(tmp_path):
+    model = NTKMLP(30, 40, 30, input_scale="embedding", seed=0)
+    probes = torch.arange(7)
+    stats = {"coord_abs_mean": metrics.coord_abs_mean, "cos0": lambda h, h0: torch.cosine_similarity(h, h0)}
+    with DriftRecorder(model, probes=probes, stats=stats) as rec:
+        _train(model, 2, rec)
+    with torch.no_grad():
+        h = model.hidden[1](model.hidden[0](probes)).double()
+    h0 = rec.h0["hidden.1"].double()
+    last = rec.frame().query("step == 2")
+    np.testing.assert_allclose(last.coord_abs_mean, h.abs().mean(1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(last.cos0, ((h * h0).sum(1) / h.norm(dim=1) / h0.norm(dim=1)).numpy(), rtol=1e-6)
+    s = rec.summary()
+    assert set(s.measure) == {"l2", "linf", "ratio", "coord_abs_mean", "cos0"}
+    assert s.query("step == 2 and measure == 'coord_abs_mean'")["mean"].item() == pytest.approx(last.coord_abs_mean.mean())
+    rec.to_csv(tmp_path)
+    assert list(pd.read_csv(tmp_path / "drift.csv").columns)[-2:] == ["coord_abs_mean", "cos0"]
+    with pytest.raises(ValueError, match=r"stats\['bad'\] returned shape \(1,\)"):
+        with DriftRecorder(model, probes=probes, stats={"bad": lambda h, h0: h.sum().reshape(1)}) as bad:
+            bad.record(0)
+    with pytest.raises(ValueError, match="stats= key 'l2'"):
+        DriftRecorder(model, probes=probes, stats={"l2": metrics.coord_abs_mean})
+
+
+def test_per_call_layers_survive_a_checkpoint():
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh())
+    shared = model[1]
+    net = nn.Sequential(model[0], shared, nn.Linear(6, 6), shared)  # one Tanh, called twice
+    probes = torch.randn(4, 3)
+    rec = DriftRecorder(net, layers=["1"], probes=probes)
+    with rec:
+        rec.record(0)
+    assert rec.layers == ["1#0", "1#1"]
+    other = DriftRecorder(net, layers=["1"], probes=probes)
+    other.load_state_dict(rec.state_dict())
+    assert other.layers == ["1#0", "1#1"]
+    with torch.no_grad():
+        net[2].weight.add_(0.1)  # trained since the checkpoint: h_0 must not be captured again
+    with other:
+        torch.testing.assert_close(other.h0["1#1"], rec.h0["1#1"], rtol=0, atol=0)
+        other.record(1)
+    with torch.no_grad():
+        t0 = torch.tanh(net[0](probes))
+        expected = (torch.tanh(net[2](t0)) - rec.h0["1#1"]).norm(dim=1)
+    np.testing.assert_allclose(other.frame().query("step == 1 and layer == '1#1'").l2, expected.numpy(), rtol=1e-5)
+    assert (other.frame().query("step == 1 and layer == '1#0'").l2 == 0).all()
+
+
+def test_fused_sgd_without_with_trains():
+    a = NTKMLP(12, 16, 5, seed=1, dtype=torch.float64)
+    b = NTKMLP(12, 16, 5, seed=1, dtype=torch.float64)
+    x, y = torch.arange(12), torch.arange(12) % 5
+    handle = fused_sgd(a, 0.3)  # as the README words it, no `with`: active until close()
+    mse_loss(a(x), y).backward()
+    opt = torch.optim.SGD(b.param_groups(0.3), lr=0.3)
+    mse_loss(b(x), y).backward()
+    opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-12)
+        assert pa.grad is None
+    handle.close()
+    before = [p.clone() for p in a.parameters()]
+    mse_loss(a(x), y).backward()  # plain autograd again: gradients, no update
+    assert all(torch.equal(p, q) and p.grad is not None for p, q in zip(a.parameters(), before))
+    with fused_sgd(a, 0.1):
+        with fused_sgd(a, 0.2):
+            assert a.readout.sgd_lr == 0.2
+        assert a.readout.sgd_lr == 0.1  # blocks nest
+    assert a.readout.sgd_lr is None
+    with pytest.raises(ValueError, match="lazydrift layers"):
+        fused_sgd(nn.Linear(2, 2), 0.1)
