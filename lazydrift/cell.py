@@ -72,7 +72,20 @@ def make_recorder(recipe: Recipe, model: NTKMLP, task: Task, layers: list[str]) 
     r = recipe.record
     k = min(r.gram_probes, len(task.probes))
     pairs = None if k < 2 else list(zip(*metrics.all_pairs(k)))
-    return DriftRecorder(model, layers=layers, probes=task.probes, pairs=pairs, probe_batch_size=r.probe_batch_size)
+    return DriftRecorder(model, layers=layers, probes=task.probes, pairs=pairs, probe_batch_size=r.probe_batch_size,
+                         **kernel_options(recipe, task))
+
+
+def kernel_options(recipe: Recipe, task: Task) -> dict:
+    """The recorder's kernel arguments for ``[record] ntk``: the first ``ntk_probes`` probes, the output
+    v . f with v seeded by the recipe's seed (the same v in every cell), and the probes' class labels
+    for the kernel-target alignment where the task has them (MNIST)."""
+    r = recipe.record
+    if not r.ntk:
+        return {}
+    labels = task.probe_table["label"].to_numpy() if "label" in task.probe_table else None
+    return {"ntk_probes": r.ntk_probes, "ntk_output": r.ntk_output, "ntk_seed": recipe.seed,
+            "ntk_targets": None if labels is None else torch.from_numpy(labels)}
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -148,6 +161,8 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
     info = {**cell.keys(), "status": status, "error": error, "steps_done": done, "layers": layers,
             "fingerprint": fingerprint_digest(recipe.fingerprint()), "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(1, done), 6),
             "final_loss": losses[-1][1] if losses else None, **extras}
+    if rec.ntk_probes is not None:  # how many probes the kernel saw, and its share of ``seconds``
+        info.update(ntk_probes=rec.ntk_probes, ntk_seconds=round(rec.kernel_seconds, 3))
     write_json(info, cell_dir / "cell.json")
     ckpt.remove()  # the cell is final: its CSVs hold everything the checkpoint held
     return info
@@ -171,6 +186,7 @@ def record_noise_floor(recipe: Recipe, task: Task, cell: Cell, device: torch.dev
     """Record an untouched copy of the model (rebuilt from the seed) the same way as the trained one.
 
     Whatever it measures is evaluation noise (nondeterministic kernels, TF32); on CPU it is 0.
+    With ``[record] ntk`` the kernel is recorded too (its floor: the largest relative change).
     An untouched model shows the same noise at every step, so ``passes`` probe passes at
     steps spread over the schedule measure it at a fraction of the cost of all of them.
     """
@@ -199,5 +215,7 @@ def write_cell_outputs(rec: DriftRecorder, losses: list[tuple[int, float]], floo
         theory = report.init_theory(gram, task.input_cosines)
         if len(theory):
             write_csv(theory, cell_dir / "init_theory.csv")
+    if rec.ntk_probes is not None:
+        write_csv(rec.kernel_frame(), cell_dir / "ntk.csv")
     if floor is not None:
         write_csv(report.noise_floor(floor), cell_dir / "noise_floor.csv")

@@ -2,9 +2,11 @@
 
 Theorem 1 (Jacot et al. 2018): as the hidden widths grow, the empirical NTK at initialization
 tends to the closed form Theta_inf (``lazydrift.kernels.relu_ntk``) and stays there during
-training.  At finite width n both statements hold up to fluctuations: ||Theta_0 - Theta_inf||
-/ ||Theta_inf|| ~ n^-1/2 at initialization and ||Theta_t - Theta_0|| / ||Theta_0|| ~ n^-1/2 at a
-fixed step in the NTK parameterization.  The statistics here are pure functions of n x n
+training.  At finite width n both statements hold up to corrections: ||Theta_0 - Theta_inf||
+/ ||Theta_inf|| ~ n^-1/2 at initialization (fluctuations of a sum of n terms), and at a fixed
+step in the NTK parameterization ||Theta_t - Theta_0|| / ||Theta_0|| ~ n^-1 (the kernel's
+change is driven by the dNTK, O(1/n): Dyer & Gur-Ari 2020, Roberts, Yaida & Hanin 2022), inside
+the rigorous bound O(n^-1/2) of Lee et al. 2019.  The statistics here are pure functions of n x n
 kernels (Frobenius norms, float64); :class:`KernelDriftTracker` is the thin piece that computes
 Theta_t with :func:`lazydrift.empirical.empirical_ntk` at the steps a run records.
 
@@ -16,13 +18,14 @@ Columns of :meth:`KernelDriftTracker.frame` (``COLUMNS``), one row per recorded 
   batch-averaged square loss on these probes);
 * ``target_alignment``: <Theta_t, Y Y^T>_F / (||Theta_t||_F ||Y Y^T||_F) (Cristianini et al.
   2002's uncentred kernel-target alignment), NaN without targets;
-* ``limit_distance``: ||Theta_0 - Theta_inf||_F / ||Theta_inf||_F on the first record only (NaN
+* ``limit_distance``: ||Theta_0 - Theta_inf||_F / ||Theta_inf||_F on the first row only (NaN
   elsewhere and where no closed form applies, see :func:`limit_ntk`).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -35,10 +38,11 @@ from .export import write_csv
 from .kernels import relu_ntk
 from .model import NTKMLP
 
-__all__ = ["COLUMNS", "relative_distance", "kernel_cosine", "largest_eigenvalue", "target_alignment",
+__all__ = ["COLUMNS", "NETWORK", "relative_distance", "kernel_cosine", "largest_eigenvalue", "target_alignment",
            "limit_ntk", "kernel_drift_row", "KernelDriftTracker"]
 
 COLUMNS = ["step", "rel_change", "cosine", "eig_max", "target_alignment", "limit_distance"]
+NETWORK = "network"  # the ``layer`` of the kernel's rows in combined tables (noise_floor.csv, scaling.csv)
 
 
 def _as_float64(a) -> torch.Tensor:
@@ -135,9 +139,10 @@ def kernel_drift_row(step: int, theta_t, theta_0, targets=None, limit=None) -> d
 class KernelDriftTracker:
     """Computes the empirical NTK on fixed probes at each recorded step and keeps drift rows.
 
-    The first :meth:`record` (step 0 in a run) fixes Theta_0 and, with ``limit="auto"``, reports
-    its distance to :func:`limit_ntk` where that is defined.  Only Theta_0 (n x n, float64) and
-    the rows are kept.
+    Theta_0 is the kernel when :meth:`capture` is called (``DriftRecorder`` calls it where it
+    captures h_0), else at the first :meth:`record` (step 0 in a run).  With ``limit="auto"`` the
+    first row also reports ||Theta_0 - Theta_inf|| / ||Theta_inf|| where :func:`limit_ntk` is
+    defined.  Only Theta_0 (n x n, float64) and the rows are kept.
 
     Args:
         model: the live network (evaluated in eval mode; training flags are restored).
@@ -147,11 +152,13 @@ class KernelDriftTracker:
         targets: optional (n,) / (n, k) targets or class ids for ``target_alignment``.
         seed: seeds v for ``output="random"``.
         limit: ``"auto"``, None (no limit distance) or a precomputed (n, n) Theta_inf.
+        method: the route of :func:`~lazydrift.empirical.empirical_ntk` (``"auto"`` falls back to
+            the Jacobian route with a warning; ``"structured"`` never does).
     """
 
     def __init__(self, model: nn.Module, probes: torch.Tensor, *, output: int | str | None = "random",
-                 targets=None, seed: int = 0, limit="auto"):
-        self.model, self.probes, self.output, self.seed = model, probes, output, seed
+                 targets=None, seed: int = 0, limit="auto", method: str = "auto"):
+        self.model, self.probes, self.output, self.seed, self.method = model, probes, output, seed, method
         self.targets = None if targets is None else torch.as_tensor(targets).detach().cpu()
         if self.targets is not None:
             _target_gram(self.targets, len(probes))  # fail now, not at the first record
@@ -160,10 +167,17 @@ class KernelDriftTracker:
         self.limit = limit
         self.theta_0: torch.Tensor | None = None
         self.rows: list[dict] = []
+        self.seconds = 0.0  # spent computing kernels (and Theta_inf)
 
     def kernel(self) -> torch.Tensor:
         """Theta_t on the probes now, float64 on the CPU."""
-        return _as_float64(empirical_ntk(self.model, self.probes, output=self.output, seed=self.seed))
+        if self.model is None:
+            raise RuntimeError("this KernelDriftTracker's model was released")
+        start = time.perf_counter()
+        theta = _as_float64(empirical_ntk(self.model, self.probes, output=self.output, seed=self.seed,
+                                          method=self.method))
+        self.seconds += time.perf_counter() - start
+        return theta
 
     def _limit(self) -> torch.Tensor | None:
         if isinstance(self.limit, str):  # "auto": where a closed form applies
@@ -173,12 +187,19 @@ class KernelDriftTracker:
                 return None
         return None if self.limit is None else _as_float64(self.limit)
 
+    def capture(self) -> torch.Tensor:
+        """Fix Theta_0 as the kernel now (rows recorded so far are kept)."""
+        self.theta_0 = self.kernel()
+        return self.theta_0
+
     def record(self, step: int) -> dict:
         theta = self.kernel()
-        first = self.theta_0 is None
-        if first:
+        if self.theta_0 is None:
             self.theta_0 = theta
-        row = kernel_drift_row(step, theta, self.theta_0, self.targets, self._limit() if first else None)
+        row = kernel_drift_row(step, theta, self.theta_0, self.targets)
+        if not self.rows:  # the first row carries Theta_0's distance to its limit
+            limit = self._limit()
+            row["limit_distance"] = math.nan if limit is None else relative_distance(self.theta_0, limit)
         self.rows.append(row)
         return row
 
@@ -188,9 +209,22 @@ class KernelDriftTracker:
     def to_csv(self, directory: str | Path) -> Path:
         return write_csv(self.frame(), Path(directory) / "ntk.csv")
 
+    def reset(self) -> None:
+        """Forget Theta_0 and the rows."""
+        self.theta_0, self.rows = None, []
+
+    def release_model(self) -> None:
+        """Drop the model, the probes and Theta_0; the rows stay."""
+        self.model = self.probes = self.theta_0 = None
+
     def state_dict(self) -> dict:
-        return {"theta_0": self.theta_0, "rows": [dict(r) for r in self.rows]}
+        return {"theta_0": self.theta_0, "rows": [dict(r) for r in self.rows], "seconds": self.seconds}
 
     def load_state_dict(self, state: dict) -> None:
-        self.theta_0 = state["theta_0"]
+        theta_0 = state["theta_0"]
+        if theta_0 is not None and self.probes is not None and tuple(theta_0.shape) != (len(self.probes),) * 2:
+            raise ValueError(f"load_state_dict(): the saved Theta_0 is {tuple(theta_0.shape)}, for "
+                             f"{theta_0.shape[0]} probes; this tracker has {len(self.probes)}")
+        self.theta_0 = theta_0
         self.rows = [dict(r) for r in state["rows"]]
+        self.seconds = float(state.get("seconds", 0.0))

@@ -4,7 +4,10 @@
   one line per width, log-log axes;
 * ``gram.png``: a few pairs' inner products <h_t(x_i), h_t(x_j)> against the step, with the
   infinite-width prediction at t = 0 (``init_theory.csv``) as a dashed line;
-* ``neurons.png``: the distribution over neurons of the mean |h_t,i - h_0,i| at the last step.
+* ``neurons.png``: the distribution over neurons of the mean |h_t,i - h_0,i| at the last step;
+* ``kernel.png`` (runs with ``[record] ntk``): the relative change of the network's empirical NTK,
+  ||Theta_t - Theta_0||_F / ||Theta_0||_F, against the step, one line per width, and the same
+  times the width (the lines coincide where the change is O(1/n)).
 
 Sized for a paper column (3.4 in wide panels) with labelled axes and the widths in the legend.
 Each figure shows one layer: the last recorded one, from the folder's stored layer order
@@ -115,6 +118,32 @@ def plot_neurons(neurons: pd.DataFrame, path: Path, layer: str) -> Path:
     return write_figure(fig, path, bbox_inches="tight")
 
 
+def plot_kernel(ntk: pd.DataFrame, path: Path) -> Path:
+    """The kernel's relative change against the step (log-log), one line per width; a row of panels per
+    parameterization, the right panel multiplied by the width."""
+    plt = _pyplot()
+    k = _one_seed(ntk)
+    k = k[k.step > 0]
+    groups = list(k.groupby("parameterization")) if "parameterization" in k.columns else [(None, k)]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(2 * PANEL[0], PANEL[1] * len(groups)), squeeze=False)
+    for row, (param, kp) in zip(axes, groups):
+        for width, g in kp.groupby("width"):
+            g = g.sort_values("step")
+            row[0].plot(g.step, g.rel_change, marker=".", ms=3, label=f"width {width}")
+            row[1].plot(g.step, g.rel_change * width, marker=".", ms=3, label=f"width {width}")
+        for ax, label in ((row[0], r"$\|\Theta_t - \Theta_0\|_F / \|\Theta_0\|_F$"),
+                          (row[1], r"width $\times$ relative change")):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("training step t")
+            ax.set_ylabel(label)
+            ax.legend()
+        title = f"{param + ': ' if param else ''}empirical NTK"
+        row[0].set_title(title)
+        row[1].set_title(title + " (lines coincide if O(1/n))")
+    return write_figure(fig, path, bbox_inches="tight")
+
+
 def plot_results(results_dir: str | Path) -> list[Path]:
     """Write every figure the folder's CSVs allow; returns the paths written."""
     d = Path(results_dir)
@@ -128,4 +157,6 @@ def plot_results(results_dir: str | Path) -> list[Path]:
         written.append(plot_gram(pd.read_csv(d / "gram.csv"), theory, d / "gram.png", layer))
     if (d / "neurons.csv").is_file():
         written.append(plot_neurons(pd.read_csv(d / "neurons.csv"), d / "neurons.png", layer))
+    if (d / "ntk.csv").is_file():
+        written.append(plot_kernel(pd.read_csv(d / "ntk.csv"), d / "kernel.png"))
     return written

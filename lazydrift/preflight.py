@@ -19,7 +19,13 @@ the input and output sizes, n the width, L the hidden layers, P the probes, B th
 * recorded rows: per recorded step and layer, one row per probe (8 numbers of 8 bytes) and one
   per Gram pair (10 numbers), for the log-spaced schedule;
 * analogies (text8 with ``[record] analogies``): a second model (h_0 is rebuilt from the seed)
-  and h_T, h_0 of every vocabulary word.
+  and h_T, h_0 of every vocabulary word;
+* kernel (``[record] ntk``, on k = min(ntk_probes, P) probes): the structured NTK's pass keeps,
+  per probe, each hidden layer's input, pre-activation and output and the readout's output (the
+  autograd graph, (3 L n + 2 V_out) * 4), and one gradient per layer output from the backward
+  ((L n + V_out) * 4); plus float inputs (k V_in * 4), the n x n Gram blocks and kernels
+  (about 8 k^2 * 8) and Theta_inf's one-hot inputs (k V_in * 8).  Measured: 0.30 GB added at
+  width 30000, V = 2000, k = 256 (benchmarks/bench_ntk.py), where this gives 0.26 GB.
 
 The estimate leaves out the process's fixed cost (about 1 GB for torch and the libraries on CPU)
 and allocator slack, so it is a lower bound: a refusal means the run cannot fit.
@@ -34,7 +40,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .recipes import Recipe
+from .recipes import Recipe, RecipeError
 from .recorder import log_schedule
 from .rundir import RunDirError, has_results, is_lazydrift_folder
 from .tasks import task_shape
@@ -48,8 +54,19 @@ class MemoryCheckError(UserError):
 
 def check(recipe: Recipe, device: torch.device, out: Path, layers: list[str]) -> None:
     """Every check, cheapest first; ``layers`` come from :func:`lazydrift.cell.recorded_layers`."""
+    check_kernel(recipe)
     check_out(out)
     check_memory(recipe, device, layers)
+
+
+def check_kernel(recipe: Recipe) -> None:
+    """``[record] ntk_output``, an output index, names an output of the task."""
+    output = recipe.record.ntk_output
+    if recipe.record.ntk and not isinstance(output, str):
+        outputs = task_shape(recipe)[1]
+        if output >= outputs:
+            raise RecipeError(f"{recipe.path}: [record] ntk_output must be an output index in [0, {outputs}) "
+                              f"(the task's outputs) or \"random\", got {output}")
 
 
 # -- the output folder ----------------------------------------------------------------------------
@@ -90,7 +107,18 @@ def cell_memory(recipe: Recipe, width: int, layers: list[str]) -> dict[str, int]
     }
     if r.analogies:
         parts["analogies"] = params + 2 * d_in * width * FLOAT32
+    if r.ntk:
+        parts["kernel"] = kernel_memory(recipe, width)
     return parts
+
+
+def kernel_memory(recipe: Recipe, width: int) -> int:
+    """Bytes of one structured NTK of the cell of ``width`` on its kernel probes (see the module doc)."""
+    d_in, d_out, probes = task_shape(recipe)
+    k, depth = min(recipe.record.ntk_probes, probes), recipe.model.depth
+    float_inputs = k * d_in * FLOAT32 if recipe.data.dataset == "mnist" else 0
+    return ((3 * depth * width + 2 * d_out) + (depth * width + d_out)) * k * FLOAT32 + float_inputs \
+        + 8 * k * k * 8 + k * d_in * 8
 
 
 def available_memory(device: torch.device) -> tuple[int, str]:

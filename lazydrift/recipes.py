@@ -77,6 +77,9 @@ class RecordConfig:
     noise_floor: bool = True      # also record an untouched copy of the model
     probe_batch_size: int = 1024
     analogies: bool = False       # text8: word-analogy accuracy of h_0 and h_T for every vocabulary word
+    ntk: bool = False             # also record the network's empirical NTK at each recorded step (ntk.csv)
+    ntk_probes: int = 256         # ... on the first N probes (capped at the number of probes)
+    ntk_output: str | int = "random"  # its scalar output: "random" (v . f, v a unit vector seeded by seed) or an index
 
 
 @dataclass
@@ -320,5 +323,18 @@ def _check_values(r: Recipe, path) -> None:
         fail("[data] n_probes", f"({d.n_probes}) cannot exceed the number of inputs, [data] vocab_size ({d.vocab_size})")
     if rec.analogies and not d.dataset.startswith("text8"):
         fail("[record] analogies", f"needs a text8 dataset (words), got [data] dataset {d.dataset!r}")
+    _check_ntk(rec, fail)
     if d.dataset == "mnist" and d.n_probes > d.n_train:
         fail("[data] n_probes", f"({d.n_probes}) cannot exceed the number of inputs, [data] n_train ({d.n_train})")
+
+
+def _check_ntk(rec: RecordConfig, fail) -> None:
+    """[record] ntk_probes and ntk_output (the kernel's options; checked whether or not ntk is on)."""
+    if rec.ntk_probes < 1:
+        fail("[record] ntk_probes", f"must be >= 1, got {rec.ntk_probes}")
+    if isinstance(rec.ntk_output, str):
+        if rec.ntk_output != "random":
+            fail("[record] ntk_output", f"must be \"random\" or an output index, got {rec.ntk_output!r}")
+        return
+    if rec.ntk_output < 0:  # the upper end needs the task's outputs: lazydrift.preflight.check_kernel
+        fail("[record] ntk_output", f"must be an output index (>= 0) or \"random\", got {rec.ntk_output}")

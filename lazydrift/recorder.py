@@ -15,6 +15,12 @@ recorded, probes-first outputs checked), so the model computes exactly what it c
 without the recorder and training with and without it gives the same weights.  Statistics are
 computed in float32 (float64 for a float64 model) and Gram terms in float64, whatever the
 model's dtype.  Only statistics are kept, never the history of h_t.
+
+With ``ntk_probes=k`` the recorder also follows the empirical NTK Theta_t of the network on
+its first k probes (:class:`lazydrift.kernel_drift.KernelDriftTracker`, structured route of
+:func:`lazydrift.empirical.empirical_ntk`): Theta_0 is computed where h_0 is captured, and each
+``record(step)`` adds one row of ``ntk.csv`` (relative change, cosine, largest eigenvalue,
+target alignment, and on the first row the distance of Theta_0 to its closed-form limit).
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ from torch import nn
 
 from . import metrics
 from .export import write_csv
-from .features import FeatureExtractor, model_device, model_float_dtype, parse_name, unwrap
+from .empirical import StructureError, structured_ntk
+from .features import FeatureExtractor, model_device, model_float_dtype, own_rng, parse_name, unwrap
+from .kernel_drift import COLUMNS as KERNEL_COLUMNS
+from .kernel_drift import KernelDriftTracker
 
 MAX_AUTO_PAIRS_PROBES = 256  # "all pairs" by default up to this many probes
 MAX_GRAM_ROWS = 10_000_000  # default budget of stored Gram rows (GRAM_ROW_BYTES each)
@@ -70,12 +79,25 @@ class DriftRecorder:
             record that would exceed it is refused with the estimate.
         check_probes: when h_0 is captured, rerun probes {last, first} alone and require the
             same rows (the outputs' first dimension indexes the probes).
+        ntk_probes: also record the empirical NTK on the first ``ntk_probes`` probes (capped at
+            the number of probes); None (default): no kernel.  Needs probes given as one tensor
+            and a model the structured route splits by layer (``nn.Linear``, ``nn.Embedding``,
+            lazydrift layers, other modules with their own parameters, no tied weights, outputs
+            that do not mix probes): anything else is refused here, with the reason.  Each record
+            costs one forward and one backward pass over those probes (about one training step
+            at 256 probes; README, "Kernel drift").
+        ntk_output: the scalar output whose kernel is followed: ``"random"`` (v . f for a seeded
+            unit vector v, whose limit is Theta_inf), an output index, or None (one output).
+        ntk_seed: seeds v for ``ntk_output="random"``.
+        ntk_targets: optional targets of the probes, (probes,) class ids or (probes, k) values,
+            for the kernel-target alignment column (NaN without).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | str | None = None,
                  probes=None, *, pairs="auto", probe_batch_size: int = 1024, stop_early: bool = True,
                  select: Mapping[str, Callable] | None = None, stats: Mapping[str, Stat] | None = None,
-                 max_gram_rows: int = MAX_GRAM_ROWS, check_probes: bool = True):
+                 max_gram_rows: int = MAX_GRAM_ROWS, check_probes: bool = True, ntk_probes: int | None = None,
+                 ntk_output: int | str | None = "random", ntk_seed: int = 0, ntk_targets=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         root, _ = unwrap(model)
@@ -110,6 +132,9 @@ class DriftRecorder:
         self.pairs = self._resolve_pairs(pairs)
         self._layers = [self._extractor.display(m, c) for m, c in self._extractor._requests]
         self._check_gram_budget(len(self._layers), 1, "DriftRecorder(...)", ValueError)
+        self._ntk_k: int | None = None
+        self._kernel = None if ntk_probes is None else self._kernel_tracker(root, ntk_probes, ntk_output, ntk_seed,
+                                                                              ntk_targets)
 
     # -- setup -----------------------------------------------------------------------------
     def _check_stats(self, stats) -> dict[str, Stat]:
@@ -121,6 +146,38 @@ class DriftRecorder:
             if not callable(fn):
                 raise TypeError(f"stats[{name!r}] must be a function fn(h_t, h_0) -> one value per probe")
         return stats
+
+    def _kernel_tracker(self, root: nn.Module, ntk_probes, output, seed: int, targets) -> KernelDriftTracker:
+        """The kernel's tracker on the first ``ntk_probes`` probes, after a two-probe trial of the
+        structured route (so an unsupported model is refused now, not at the first record)."""
+        if isinstance(ntk_probes, bool) or not isinstance(ntk_probes, (int, np.integer)) or ntk_probes < 1:
+            raise ValueError(f"ntk_probes must be a positive integer (the first k probes) or None, got {ntk_probes!r}")
+        if self.probes.single is None:
+            raise ValueError(f"ntk_probes: the kernel needs the probes as one tensor (model(x)); got "
+                             f"{self.probes.describe()}")
+        k = self._ntk_k = min(int(ntk_probes), self.n_probes)
+        x = self.probes.single[:k]
+        if targets is not None:
+            targets = torch.as_tensor(targets)
+            if targets.dim() == 0 or targets.shape[0] != self.n_probes:
+                raise ValueError(f"ntk_targets must have one row per probe ({self.n_probes}), got shape "
+                                 f"{tuple(targets.shape)}")
+            targets = targets[:k]
+        try:
+            with own_rng([model_device(root)], 0):
+                structured_ntk(root, x[:2], output=output, seed=seed)
+        except (StructureError, ValueError) as e:
+            raise ValueError(f"ntk_probes={ntk_probes}: the empirical NTK of {type(root).__name__} cannot be "
+                             f"recorded by layer: {e}") from None
+        return KernelDriftTracker(root, x, output=output, targets=targets, seed=seed, method="structured")
+
+    def _kernel_pass(self, step: int | None = None) -> None:
+        """Theta_0 (``step=None``) or a row at ``step``, with the RNG forked as in a probe pass."""
+        with own_rng([self.probes.single.device], 0):
+            if step is None:
+                self._kernel.capture()
+            else:
+                self._kernel.record(step)
 
     def _resolve_pairs(self, pairs) -> tuple[np.ndarray, np.ndarray] | None:
         if pairs is None or (isinstance(pairs, str) and pairs == "none"):
@@ -161,6 +218,11 @@ class DriftRecorder:
                     "need, pairs=None none; or raise max_gram_rows")
 
     @property
+    def ntk_probes(self) -> int | None:
+        """How many probes the kernel is recorded on (None: no kernel)."""
+        return self._ntk_k
+
+    @property
     def layers(self) -> list[str]:
         """The recorded layers' names as they appear in the results (``name#k`` per call)."""
         return list(self._layers)
@@ -184,6 +246,8 @@ class DriftRecorder:
             self.h0 = h0
             if not self._steps:
                 self._check_gram_budget(len(h0), 1, "DriftRecorder", ValueError)
+                if self._kernel is not None:
+                    self._kernel_pass()  # Theta_0, where h_0 is captured
         self._active = True
         return self
 
@@ -196,6 +260,8 @@ class DriftRecorder:
         if self._active:
             raise RuntimeError("reset() must be called outside the `with` block")
         self.h0, self._drift, self._gram, self._steps, self._neurons = {}, [], [], [], {}
+        if self._kernel is not None:
+            self._kernel.reset()
         self._restored = False
 
     # -- probe passes ---------------------------------------------------------------------------
@@ -250,6 +316,8 @@ class DriftRecorder:
             if self.pairs is not None:
                 i, j = (torch.as_tensor(a, device=h.device) for a in self.pairs)
                 self._gram.append({"step": step, "layer": name, **metrics.gram_terms(h0, h, i, j)})
+        if self._kernel is not None:
+            self._kernel_pass(step)
         self._steps.append(step)
         return l2_by_layer
 
@@ -294,14 +362,28 @@ class DriftRecorder:
                                "j": j, **{c: b[c] for c in GRAM_COLUMNS}}) for b in self._gram]
         return pd.concat(parts, ignore_index=True)[cols]
 
+    def kernel_frame(self) -> pd.DataFrame:
+        """One row per recorded step of the kernel (``ntk.csv``): step, rel_change, cosine, eig_max,
+        target_alignment, limit_distance (see :mod:`lazydrift.kernel_drift`); empty without
+        ``ntk_probes``."""
+        return pd.DataFrame(columns=KERNEL_COLUMNS) if self._kernel is None else self._kernel.frame()
+
+    @property
+    def kernel_seconds(self) -> float:
+        """Seconds spent computing kernels (0 without ``ntk_probes``)."""
+        return 0.0 if self._kernel is None else self._kernel.seconds
+
     def to_csv(self, directory: str | Path) -> list[Path]:
-        """Write drift.csv, summary.csv, neurons.csv (and gram.csv when pairs are recorded)."""
+        """Write drift.csv, summary.csv, neurons.csv (and gram.csv when pairs are recorded, ntk.csv
+        with ``ntk_probes``)."""
         directory = Path(directory)
         written = [write_csv(self.frame(), directory / "drift.csv"),
                    write_csv(self.summary(), directory / "summary.csv"),
                    write_csv(self.neurons(), directory / "neurons.csv")]
         if self.pairs is not None:
             written.append(write_csv(self.gram_frame(), directory / "gram.csv"))
+        if self._kernel is not None:
+            written.append(write_csv(self.kernel_frame(), directory / "ntk.csv"))
         return written
 
     def release_model(self) -> None:
@@ -312,6 +394,8 @@ class DriftRecorder:
         self._extractor = None
         self.probes = None
         self.h0 = {}
+        if self._kernel is not None:
+            self._kernel.release_model()
 
     def __repr__(self) -> str:
         model = "released" if self.model is None else type(self.model).__name__
@@ -319,6 +403,7 @@ class DriftRecorder:
         pairs = "none" if self.pairs is None else f"{len(self.pairs[0]):,}"
         steps = f"{len(self._steps)} (steps {min(self._steps)}..{max(self._steps)})" if self._steps else "0"
         stats = f", stats={list(self.stats)}" if self.stats else ""
+        stats += f", ntk_probes={self._ntk_k}" if self._kernel is not None else ""
         state = "active" if self._active else ("h_0 captured" if self.h0 else "h_0 not captured")
         return (f"DriftRecorder(model={model}, layers={self.layers}, probes={probes}, pairs={pairs}{stats}, "
                 f"records={steps}, {state})")
@@ -333,11 +418,14 @@ class DriftRecorder:
             "steps": list(self._steps),
             "neurons": {name: (step, torch.from_numpy(a), torch.from_numpy(b))
                         for name, (step, a, b) in self._neurons.items()},
+            "kernel": None if self._kernel is None else self._kernel.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore h_0 and the records (an explicit checkpoint restore): the next ``with`` block
-        keeps this h_0 instead of capturing a new one."""
+        keeps this h_0 (and Theta_0) instead of capturing a new one.  A recorder with
+        ``ntk_probes`` needs a state saved with the kernel; kernel records in a state are
+        dropped by a recorder without it."""
         if self._active:
             raise RuntimeError("load_state_dict() must be called before entering the recorder")
         if self.model is None:
@@ -347,6 +435,13 @@ class DriftRecorder:
         if unknown:
             raise ValueError(f"load_state_dict(): the checkpoint records layer(s) {unknown}, this recorder "
                              f"{self._layers}")
+        kernel = state.get("kernel")
+        if self._kernel is not None:
+            if kernel is None:
+                raise ValueError(f"load_state_dict(): the checkpoint holds no kernel records, but this recorder "
+                                 f"records the kernel (ntk_probes={self._ntk_k}): its Theta_0 would be taken from "
+                                 "the trained model. Build the recorder without ntk_probes, or start afresh")
+            self._kernel.load_state_dict(kernel)
         device = model_device(unwrap(self.model)[0])
         self.h0 = {name: t.to(device=device, dtype=self._stat_dtype) for name, t in state["h0"].items()}
         self._layers = list(self.h0) or self._layers

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import metrics
 from .export import write_csv, write_text
+from .kernel_drift import NETWORK
 from .recipes import CELL_KEYS
 from .rundir import layer_order, read_cells
 
@@ -30,7 +31,7 @@ PAPER_TABLE1 = {
 }
 MEASURE_LABELS = {"l2": "‖h_t − h_0‖₂", "linf": "max_i |h_t,i − h_0,i|",
                   "ratio": "‖h_t − h_0‖₂ / max_i |h_t,i − h_0,i|"}
-CELL_FILES = ("drift", "summary", "neurons", "losses", "gram", "init_theory", "noise_floor")
+CELL_FILES = ("drift", "summary", "neurons", "losses", "gram", "init_theory", "noise_floor", "ntk")
 KEYS = CELL_KEYS  # parameterization, seed, width: the columns in front of every combined row
 
 
@@ -61,7 +62,8 @@ def init_theory(gram: pd.DataFrame, input_cosines: np.ndarray) -> pd.DataFrame:
 
 
 def noise_floor(rec) -> pd.DataFrame:
-    """What an untouched copy of the model shows: the largest l2, linf and |G_t - G_0| per layer."""
+    """What an untouched copy of the model shows: the largest l2, linf and |G_t - G_0| per layer, and
+    with the kernel (layer ``network``) the largest ||Theta_t - Theta_0||_F / ||Theta_0||_F."""
     d, g = rec.frame(), rec.gram_frame()
     rows = []
     for layer in rec.layers:
@@ -71,6 +73,10 @@ def noise_floor(rec) -> pd.DataFrame:
                  {"layer": layer, "measure": "linf_max", "value": float(dl.linf.max())},
                  {"layer": layer, "measure": "gram_max_change",
                   "value": float((gl.inner - gl.inner0).abs().max()) if len(gl) else float("nan")}]
+    if rec.ntk_probes is not None:
+        k = rec.kernel_frame()
+        rows.append({"layer": NETWORK, "measure": "ntk_rel_change_max",
+                     "value": float(k.rel_change.max()) if len(k) else float("nan")})
     return pd.DataFrame(rows)
 
 
@@ -106,13 +112,14 @@ def aggregate(out: Path, recipe=None, info: dict | None = None, *, sources: list
     if len(frames["summary"]):  # width sweeps (>= 3 widths): scaling.csv, scaling.png; text8: analogy.csv/md
         from . import analogy, scaling
 
-        scaling.write_scaling(out, frames["summary"], gsum, layer=last)
+        scaling.write_scaling(out, frames["summary"], gsum, layer=last, ntk=frames["ntk"])
         analogy.write_combined(out, cells)
     if len(frames["init_theory"]):
         write_csv(init_theory_summary(frames["init_theory"], keys), out / "init_theory_summary.csv")
     final = final_summary(frames["summary"], keys, last)
     if recipe is not None and len(final) and final.parameterization.nunique() == 1 and final.seed.nunique() == 1:
-        write_text(table1_markdown(recipe, final, info or {}), out / "table1.md")
+        kernel_probes = next((c["ntk_probes"] for c in infos if c.get("ntk_probes")), None)
+        write_text(table1_markdown(recipe, final, info or {}, frames["ntk"], kernel_probes), out / "table1.md")
     return frames
 
 
@@ -192,7 +199,8 @@ def observations(final: pd.DataFrame) -> list[str]:
     ]
 
 
-def table1_markdown(recipe, final: pd.DataFrame, info: dict) -> str:
+def table1_markdown(recipe, final: pd.DataFrame, info: dict, kernel: pd.DataFrame | None = None,
+                    kernel_probes: int | None = None) -> str:
     widths = sorted(final.width.unique())
 
     def cell(w, m):
@@ -215,6 +223,51 @@ def table1_markdown(recipe, final: pd.DataFrame, info: dict) -> str:
         paper = [PAPER_TABLE1[w][m] for w in (10000, 30000)]
         lines.append(f"| {MEASURE_LABELS[m]} | " + " | ".join(cell(w, m) for w in widths) + " | "
                      + " | ".join(f"{a:.4f} ({b:.4f})" for a, b in paper) + " |")
+    lines += kernel_rows(kernel, widths)
     lines += ["", "The paper's observations, checked on our numbers:", ""]
     lines += [f"{k}. {o}" for k, o in enumerate(observations(final), 1)]
+    lines += kernel_notes(kernel, widths, kernel_probes)
     return "\n".join(lines) + "\n"
+
+
+# -- Table 1's kernel rows ([record] ntk) -------------------------------------------------------------
+KERNEL_LABELS = {"rel_change": "‖Θ_T − Θ_0‖_F / ‖Θ_0‖_F (relative kernel change)",
+                 "limit_distance": "‖Θ_0 − Θ_∞‖_F / ‖Θ_∞‖_F (t = 0)"}
+
+
+def kernel_values(kernel: pd.DataFrame | None, width: int) -> dict[str, float]:
+    """The kernel's Table 1 values of the cell of ``width`` (ntk.csv): the relative change at its last
+    recorded step and Theta_0's distance to Theta_inf (its first row; NaN without a closed form)."""
+    g = kernel[kernel.width == width] if kernel is not None and len(kernel) else None
+    if g is None or g.empty:
+        return {c: float("nan") for c in KERNEL_LABELS}
+    return {"rel_change": float(g.loc[g.step.idxmax(), "rel_change"]),
+            "limit_distance": float(g.loc[g.step.idxmin(), "limit_distance"])}
+
+
+def kernel_rows(kernel: pd.DataFrame | None, widths: list[int]) -> list[str]:
+    """Rows of Table 1 for the kernel, one value per width (one matrix each: no s.d.); the paper has none."""
+    values = {w: kernel_values(kernel, w) for w in widths}
+    lines = []
+    for column, label in KERNEL_LABELS.items():
+        cells = [f"{values[w][column]:#.4g}" if np.isfinite(values[w][column]) else "–" for w in widths]
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " | – | – |")
+    return lines
+
+
+def kernel_notes(kernel: pd.DataFrame | None, widths: list[int], probes: int | None) -> list[str]:
+    """What the kernel rows are, and how the change scales between the smallest and largest width."""
+    if kernel is None or kernel.empty:
+        return []
+    on = f"the first {probes} probes" if probes else "the first probes"
+    lines = ["", f"Kernel rows: the empirical NTK Θ_t of the network's scalar output v·f (v a seeded unit vector) "
+                 f"on {on}, at the last recorded step T and at t = 0 (ntk.csv; one matrix per width, so no s.d.). "
+                 "Θ_∞ is the closed-form limit (NTK parameterization only)."]
+    if len(widths) >= 2:
+        small, large = widths[0], widths[-1]
+        a, b = kernel_values(kernel, small)["rel_change"], kernel_values(kernel, large)["rel_change"]
+        if np.isfinite(a) and np.isfinite(b) and a > 0:
+            lines.append(f"The relative kernel change goes from {a:.4g} (width {small}) to {b:.4g} (width {large}), "
+                         f"x{b / a:.3g}; O(1/n) would give x{small / large:.3g}, O(n^-1/2) x{np.sqrt(small / large):.3g}.")
+    return lines
