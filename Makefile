@@ -58,13 +58,15 @@ bench: $(STAMP)
 	mkdir -p results/bench
 	$(PY) benchmarks/bench_train.py --json results/bench/train.json
 	$(PY) benchmarks/bench_kernels.py --json results/bench/kernels.json
-	$(PY) benchmarks/summary.py results/bench/train.json results/bench/kernels.json
+	$(PY) benchmarks/bench_ntk.py --json results/bench/ntk.json
+	$(PY) benchmarks/summary.py results/bench/train.json results/bench/kernels.json results/bench/ntk.json
 
 bench-quick: $(STAMP)
 	mkdir -p results/bench
 	$(PY) benchmarks/bench_train.py --quick --json results/bench/train-quick.json
 	$(PY) benchmarks/bench_kernels.py --quick --json results/bench/kernels-quick.json
-	$(PY) benchmarks/summary.py results/bench/train-quick.json results/bench/kernels-quick.json
+	$(PY) benchmarks/bench_ntk.py --quick --json results/bench/ntk-quick.json
+	$(PY) benchmarks/summary.py results/bench/train-quick.json results/bench/kernels-quick.json results/bench/ntk-quick.json
 
 clean:
 	rm -rf results .pytest_cache

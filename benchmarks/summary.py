@@ -1,6 +1,6 @@
 """One table of every benchmark target and its measured ratio, from the scripts' --json files.
 
-    python benchmarks/summary.py results/bench/train.json results/bench/kernels.json
+    python benchmarks/summary.py results/bench/train.json results/bench/kernels.json [results/bench/ntk.json]
 """
 
 from __future__ import annotations
@@ -41,11 +41,43 @@ def rows(train: dict, kernels: dict) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def ntk_rows(ntk: dict) -> list[tuple[str, str, str, str]]:
+    """The rows of benchmarks/bench_ntk.py (the empirical NTK; README, "Kernel drift")."""
+    out = []
+    e = ntk.get("equality")
+    if e:
+        out.append(("empirical NTK, structured vs Jacobian route (float64)", "<= 1e-10",
+                    f"{max(e['ntkmlp_max_rel_diff'], e['sequential_max_rel_diff']):.1e}",
+                    f"width 512, 64 probes: Jacobian route {e['jacobian_s_w512_n64']:.2f} s, structured "
+                    f"{e['structured_s_w512_n64']:.3f} s"))
+    t = ntk.get("time")
+    if t:
+        out.append((f"one NTK (256 token probes) / training step, width {t['width']}", "<= 1.5",
+                    f"{t['ratio_of_mins']:.3f}", f"median of paired ratios {t['ratio_median_paired']:.3f}; "
+                    f"step {t['step_s']:.3f} s, NTK {t['ntk_s']:.3f} s"))
+        out.append((f"kernel recording overhead, Table-1 run, width {t['width']}", "<= 2%",
+                    f"{100 * t['overhead']:.2f}%", f"{t['records']} records in 1000 steps; "
+                    f"{100 * t['overhead_median_paired']:.2f}% from the median paired ratio"))
+    m = ntk.get("memory")
+    if m:
+        out.append((f"NTK peak RSS added, width {m['width']}", "fits beside the model", f"{m['ntk_extra'] / 1e9:.2f} GB",
+                    f"model {m['params'] / 1e9:.2f} GB; an n x P Jacobian would be {m['n_by_p_bytes'] / 1e9:.0f} GB"))
+    lim = ntk.get("limit")
+    if lim:
+        for key, label, theory in (("limit_distance", "||Theta_0 - Theta_inf|| / ||Theta_inf||", "-1/2"),
+                                   ("rel_change", "||Theta_10 - Theta_0|| / ||Theta_0||", "-1 (bound -1/2)")):
+            f = lim[key]
+            out.append((f"width exponent of {label}, NTKMLP(200, n, 200)", theory, f"{f['slope']:.3f}",
+                        f"95% CI [{f['ci_low']:.3f}, {f['ci_high']:.3f}], widths {lim['widths'][0]}-{lim['widths'][-1]}"))
+    return out
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     train = json.loads(Path(argv[0]).read_text()) if len(argv) > 0 and Path(argv[0]).is_file() else {}
     kernels = json.loads(Path(argv[1]).read_text()) if len(argv) > 1 and Path(argv[1]).is_file() else {}
-    table = rows(train, kernels)
+    ntk = json.loads(Path(argv[2]).read_text()) if len(argv) > 2 and Path(argv[2]).is_file() else {}
+    table = rows(train, kernels) + ntk_rows(ntk)
     widths = [max(len(r[k]) for r in table + [("target", "goal", "measured", "notes")]) for k in range(4)]
     print(f"\ndevice: {train.get('device', '?')}")
     for r in [("target", "goal", "measured", "notes")] + table:

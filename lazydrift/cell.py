@@ -85,7 +85,7 @@ def kernel_options(recipe: Recipe, task: Task) -> dict:
         return {}
     labels = task.probe_table["label"].to_numpy() if "label" in task.probe_table else None
     return {"ntk_probes": r.ntk_probes, "ntk_output": r.ntk_output, "ntk_seed": recipe.seed,
-            "ntk_targets": None if labels is None else torch.from_numpy(labels)}
+            "ntk_targets": None if labels is None else torch.tensor(labels)}
 
 
 # -- the loop ------------------------------------------------------------------------------------

@@ -121,6 +121,8 @@ def plot_neurons(neurons: pd.DataFrame, path: Path, layer: str) -> Path:
 def plot_kernel(ntk: pd.DataFrame, path: Path) -> Path:
     """The kernel's relative change against the step (log-log), one line per width; a row of panels per
     parameterization, the right panel multiplied by the width."""
+    from matplotlib import ticker
+
     plt = _pyplot()
     k = _one_seed(ntk)
     k = k[k.step > 0]
@@ -135,6 +137,7 @@ def plot_kernel(ntk: pd.DataFrame, path: Path) -> Path:
                           (row[1], r"width $\times$ relative change")):
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())  # a label at every minor tick crowds the axis
             ax.set_xlabel("training step t")
             ax.set_ylabel(label)
             ax.legend()
