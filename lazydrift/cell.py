@@ -32,6 +32,7 @@ from .checkpoint import Checkpointer
 from .export import write_csv, write_json
 from .model import NTKMLP
 from .recipes import Cell, Recipe, RecipeError, fingerprint_digest
+from .kernel_drift import KernelDriftTracker
 from .recorder import DriftRecorder, log_schedule
 from .tasks import Task, sampler_seed
 from .train import DivergenceError, sgd_step
@@ -68,12 +69,12 @@ def build_model(recipe: Recipe, task: Task, cell: Cell, device: torch.device) ->
                   seed=cell.seed, device=device)
 
 
-def make_recorder(recipe: Recipe, model: NTKMLP, task: Task, layers: list[str]) -> DriftRecorder:
+def make_recorder(recipe: Recipe, model: NTKMLP, task: Task, layers: list[str], kernel: bool = True) -> DriftRecorder:
     r = recipe.record
     k = min(r.gram_probes, len(task.probes))
     pairs = None if k < 2 else list(zip(*metrics.all_pairs(k)))
     return DriftRecorder(model, layers=layers, probes=task.probes, pairs=pairs, probe_batch_size=r.probe_batch_size,
-                         **kernel_options(recipe, task))
+                         **(kernel_options(recipe, task) if kernel else {}))
 
 
 def kernel_options(recipe: Recipe, task: Task) -> dict:
@@ -182,27 +183,39 @@ def after_training(recipe: Recipe, task: Task, cell: Cell, model: NTKMLP, cell_d
 
 
 def record_noise_floor(recipe: Recipe, task: Task, cell: Cell, device: torch.device, layers: list[str],
-                       passes: int = 5) -> DriftRecorder:
+                       passes: int = 5) -> tuple[DriftRecorder, pd.DataFrame | None]:
     """Record an untouched copy of the model (rebuilt from the seed) the same way as the trained one.
 
-    Whatever it measures is evaluation noise (nondeterministic kernels, TF32); on CPU it is 0.
-    With ``[record] ntk`` the kernel is recorded too (its floor: the largest relative change).
+    Whatever it measures is evaluation noise (nondeterministic GPU kernels, TF32); on CPU it is 0.
     An untouched model shows the same noise at every step, so ``passes`` probe passes at
-    steps spread over the schedule measure it at a fraction of the cost of all of them.
+    steps spread over the schedule measure it at a fraction of the cost of all of them.  With
+    ``[record] ntk`` the copy's empirical NTK is computed twice, as the recorder computes Theta_0
+    and a record, and the second row's ``rel_change`` is the kernel's floor: one comparison,
+    because each kernel costs about a training step at the paper's widths.  Returns the
+    recorder and those kernel rows (None without the kernel).
     """
     steps = log_schedule(recipe.train.steps, recipe.record.points)
     model = build_model(recipe, task, cell, device)
-    rec = make_recorder(recipe, model, task, layers)
+    rec = make_recorder(recipe, model, task, layers, kernel=False)
     picks = sorted({steps[round(k)] for k in np.linspace(0, len(steps) - 1, min(passes, len(steps)))})
     with rec:
         for step in picks:
             rec.record(step)
     rec.release_model()
-    return rec
+    kernel = None
+    options = kernel_options(recipe, task)
+    if options:
+        probes = task.probes[:options["ntk_probes"]].to(device)
+        tracker = KernelDriftTracker(model, probes, output=options["ntk_output"], seed=options["ntk_seed"],
+                                     limit=None, method="structured")
+        tracker.capture()
+        tracker.record(steps[-1])
+        kernel = tracker.frame()
+    return rec, kernel
 
 
-def write_cell_outputs(rec: DriftRecorder, losses: list[tuple[int, float]], floor: DriftRecorder | None,
-                       task: Task, cell_dir: Path) -> None:
+def write_cell_outputs(rec: DriftRecorder, losses: list[tuple[int, float]],
+                       floor: tuple[DriftRecorder, pd.DataFrame | None] | None, task: Task, cell_dir: Path) -> None:
     from . import report
 
     write_csv(rec.frame(), cell_dir / "drift.csv")
@@ -218,4 +231,4 @@ def write_cell_outputs(rec: DriftRecorder, losses: list[tuple[int, float]], floo
     if rec.ntk_probes is not None:
         write_csv(rec.kernel_frame(), cell_dir / "ntk.csv")
     if floor is not None:
-        write_csv(report.noise_floor(floor), cell_dir / "noise_floor.csv")
+        write_csv(report.noise_floor(*floor), cell_dir / "noise_floor.csv")

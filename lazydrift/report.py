@@ -61,9 +61,10 @@ def init_theory(gram: pd.DataFrame, input_cosines: np.ndarray) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def noise_floor(rec) -> pd.DataFrame:
+def noise_floor(rec, kernel: pd.DataFrame | None = None) -> pd.DataFrame:
     """What an untouched copy of the model shows: the largest l2, linf and |G_t - G_0| per layer, and
-    with the kernel (layer ``network``) the largest ||Theta_t - Theta_0||_F / ||Theta_0||_F."""
+    from its ``kernel`` rows (ntk.csv's columns; layer ``network``) the largest
+    ||Theta_t - Theta_0||_F / ||Theta_0||_F."""
     d, g = rec.frame(), rec.gram_frame()
     rows = []
     for layer in rec.layers:
@@ -73,10 +74,9 @@ def noise_floor(rec) -> pd.DataFrame:
                  {"layer": layer, "measure": "linf_max", "value": float(dl.linf.max())},
                  {"layer": layer, "measure": "gram_max_change",
                   "value": float((gl.inner - gl.inner0).abs().max()) if len(gl) else float("nan")}]
-    if rec.ntk_probes is not None:
-        k = rec.kernel_frame()
+    if kernel is not None:
         rows.append({"layer": NETWORK, "measure": "ntk_rel_change_max",
-                     "value": float(k.rel_change.max()) if len(k) else float("nan")})
+                     "value": float(kernel.rel_change.max()) if len(kernel) else float("nan")})
     return pd.DataFrame(rows)
 
 
