@@ -210,6 +210,10 @@ def plot_scaling(pts: pd.DataFrame, table: pd.DataFrame, path: str | Path, layer
         for c, m in enumerate(measures):
             ax = axes[r][c]
             g = pts[(pts.parameterization == p) & (pts.measure == m) & (pts.value > 0)]
+            if g.empty:  # e.g. ntk_limit_distance outside the NTK parameterization: no closed-form limit
+                ax.set_axis_off()
+                ax.set_title(f"{p}: {m}\n(no values)", fontsize=7)
+                continue
             steps = pick_steps(g.step.unique(), max_lines) or sorted(set(g.step))  # the limit distance: t = 0
             for k, step in enumerate(steps):
                 line = g[g.step == step].groupby("width").value.mean()
@@ -286,9 +290,9 @@ def plot_slopes(table: pd.DataFrame, path: str | Path, layer: str) -> Path:
                 ax.axhline(g.theory.iloc[0], color=color, ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("training step t")
-        ax.set_title(f"{NETWORK if m in KERNEL_MEASURES else layer}: exponent of {m} (dashed: theory)", fontsize=7)
+        ax.set_title(f"{NETWORK if m in KERNEL_MEASURES else layer}: exponent of {m}\n(dashed: theory)", fontsize=7)
         ax.legend(fontsize=6)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.18, top=0.88, wspace=0.3)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.18, top=0.84, wspace=0.3)
     return write_figure(fig, path, tight=False)
 
 
