@@ -61,15 +61,21 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lazydrift import kernel_table
+
 __all__ = [
     "h", "h_prime", "correlations", "feature_cosine", "normalized_kernel_recurrence",
     "relu_kernels", "relu_ntk", "relu_nngp", "normalized_kernel", "first_layer_scale",
 ]
 
 _INV_PI = 1.0 / math.pi
-# Entries per block: 2^18 float64 = 2 MiB per buffer, so a block's 4 buffers stay in L3 cache.
-_CPU_BLOCK_ELEMENTS = 1 << 18
-_CUDA_BLOCK_ELEMENTS = 1 << 25
+# Tile edges: 256^2 float64 = 0.5 MiB per buffer on CPU, so a tile's buffers stay in cache while the
+# GEMM of a 256-row panel keeps its arithmetic intensity (thin row blocks of a 20000-column matrix
+# re-read all of z per block and ran at memory speed); 4096^2 on CUDA.
+_CPU_TILE = 256
+_CUDA_TILE = 4096
+# Pairs whose cosine is within this of +-1 get their angle from |x -+ z| (see _angles).
+NEAR_PARALLEL = 2.0 ** -20
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,7 +189,7 @@ def first_layer_scale(input_scale: str | float, n0: int) -> float:
     return c
 
 
-def relu_kernels(x, z=None, depth: int = 2, *, sigma_w2: float = 1.0, beta: float = 0.0,
+def relu_kernels(x, z=None, depth: int | Sequence[int] = 2, *, sigma_w2: float = 1.0, beta: float = 0.0,
                  input_scale: str | float = "fan_in", want: Sequence[str] = ("nngp", "ntk"),
                  method: str = "auto", dtype: torch.dtype = torch.float64,
                  device: torch.device | str | None = None, block_size: int | None = None,
@@ -192,109 +198,120 @@ def relu_kernels(x, z=None, depth: int = 2, *, sigma_w2: float = 1.0, beta: floa
 
     Args:
         x: (n, n0) inputs (tensor or array); z: (m, n0) inputs, or None for z = x (the result is
-            then exactly symmetric and only the upper triangle is computed).
-        depth: the paper's L, the number of weight layers (>= 1).
+            then exactly symmetric and only the tiles on and above the diagonal are computed).
+        depth: the paper's L, the number of weight layers (>= 1), or a list of depths: each
+            result then has a leading axis, one (n, m) matrix per depth in the given order, at
+            about the cost of one table evaluation per depth.
         sigma_w2, beta: weight variance and bias standard deviation (Jacot et al.'s sigma_w^2
             and beta): Sigma^(1) = sigma_w2 c x^T z + beta^2, Sigma^(l+1) = sigma_w2 E[relu relu]
             + beta^2, Sigma-dot^(l+1) = sigma_w2 E[relu' relu'].  Defaults give the paper's kernel.
         input_scale: the first layer's covariance scale c, see :func:`first_layer_scale`.
         want: which of "nngp" (Sigma^(L)), "ntk" (Theta_inf^(L)) and "ntk_bar" (Definition 4's
-            Theta-bar^(L) of the inputs projected on the sphere; fast path only) to return.
-        method: "sphere" (homogeneity fast path, beta must be 0), "theorem1" (literal recursion
-            with per-point variances) or "auto" (sphere when beta == 0).
+            Theta-bar^(L) of the inputs projected on the sphere; bias-free only) to return.
+        method: "table" (the tabulated functions of the angle, :mod:`lazydrift.kernel_table`;
+            beta must be 0), "sphere" (the layer recursion on the cosines, beta 0; the reference
+            the table was checked against), "theorem1" (the literal recursion with per-point
+            variances, any beta) or "auto" (table when beta == 0, else theorem1).
         dtype: float64 by default (see the module docstring for why).
         device: where to compute (default: x's device); CPU and CUDA both work.
-        block_size: rows per block (default: about 2^18 entries per block on CPU, 2^25 on CUDA).
-        num_threads: CPU threads, each carrying whole blocks with single-threaded torch ops
+        block_size: edge of the square tiles the matrix is computed in (default 256 on CPU,
+            where a tile's buffers stay in cache; 4096 on CUDA).
+        num_threads: CPU threads, each carrying whole tiles with single-threaded torch ops
             (default ``torch.get_num_threads()``; torch's own thread count is set to 1 during
             the call and restored after it).
 
-    Returns a dict {name: (n, m) tensor}.
+    Returns a dict {name: (n, m) tensor}, or {name: (len(depth), n, m) tensor} for a list.
     """
-    _check_depth(depth)
+    depths, many = _depths(depth)
     want = tuple(want)
     bad = set(want) - {"nngp", "ntk", "ntk_bar"}
     if bad or not want:
         raise ValueError(f"want must name some of 'nngp', 'ntk', 'ntk_bar', got {want!r}")
     if method == "auto":
-        method = "sphere" if beta == 0 else "theorem1"
-    if method not in ("sphere", "theorem1"):
-        raise ValueError(f"method must be 'auto', 'sphere' or 'theorem1', got {method!r}")
-    if method == "sphere" and beta != 0:
-        raise ValueError("method='sphere' needs beta == 0 (biases break homogeneity); use 'theorem1'")
+        method = "table" if beta == 0 else "theorem1"
+    if method not in ("table", "sphere", "theorem1"):
+        raise ValueError(f"method must be 'auto', 'table', 'sphere' or 'theorem1', got {method!r}")
+    if method != "theorem1" and beta != 0:
+        raise ValueError(f"method={method!r} needs beta == 0 (biases break homogeneity); use 'theorem1'")
     if method == "theorem1" and "ntk_bar" in want:
-        raise ValueError("'ntk_bar' (Definition 4) is defined for the bias-free kernel; use method='sphere'")
+        raise ValueError("'ntk_bar' (Definition 4) is defined for the bias-free kernel; use method='table'")
 
-    x = _as_matrix(x, dtype, device)
+    x = _as_matrix(x, dtype, device, "x")
     symmetric = z is None
-    z = x if symmetric else _as_matrix(z, dtype, x.device)
+    z = x if symmetric else _as_matrix(z, dtype, x.device, "z")
     if z.shape[1] != x.shape[1]:
         raise ValueError(f"x and z must have the same number of columns, got {x.shape[1]} and {z.shape[1]}")
     n, m, n0 = x.shape[0], z.shape[0], x.shape[1]
     c = first_layer_scale(input_scale, n0)
     if block_size is None:
-        per = _CUDA_BLOCK_ELEMENTS if x.device.type == "cuda" else _CPU_BLOCK_ELEMENTS
-        block_size = max(1, per // max(m, 1))
-    block_size = int(block_size)
-    if block_size < 1:
+        block_size = _CUDA_TILE if x.device.type == "cuda" else _CPU_TILE
+    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    tile = int(block_size)
 
-    out = {k: torch.empty(n, m, dtype=dtype, device=x.device) for k in want}
+    out = {k: torch.empty(len(depths), n, m, dtype=dtype, device=x.device) for k in want}
     x_norm, z_norm = x.norm(dim=1), z.norm(dim=1)
-    if method == "sphere":
+    quantities = tuple(q for q in ("ntk", "nngp") if q in want or (q == "ntk" and "ntk_bar" in want))
+    if method != "theorem1":
         # Unit directions; zero rows stay zero (their kernel rows are 0 through the norm factor).
         xu = x / x_norm.clamp_min(torch.finfo(dtype).tiny)[:, None]
         zu = xu if symmetric else z / z_norm.clamp_min(torch.finfo(dtype).tiny)[:, None]
-        scale = c * sigma_w2 * (sigma_w2 / 2.0) ** (depth - 1)
-    def one_block(i0: int) -> None:
-        i1 = min(i0 + block_size, n)
-        j0 = i0 if symmetric else 0  # upper-triangle trapezoid: columns from the diagonal on
-        if method == "sphere":
-            rho = (xu[i0:i1] @ zu[j0:].T).clamp_(-1.0, 1.0)
-            if symmetric:
-                _symmetrize_leading_square(rho, diagonal=1.0)
-            tmat, rho = _sphere_layers(rho, depth, need_t=("ntk" in want or "ntk_bar" in want))
-            outer = x_norm[i0:i1, None] * z_norm[None, j0:]
-            block = {}
-            if "ntk_bar" in want:
-                block["ntk_bar"] = tmat / depth
-            if "ntk" in want:
-                block["ntk"] = tmat.mul_(outer).mul_(scale)
-            if "nngp" in want:
-                block["nngp"] = rho.mul_(outer).mul_(scale)
+        # Theta^(L) = |x||z| c sigma_w^2 (sigma_w^2/2)^(L-1) T^(L), Sigma^(L) the same with
+        # rho^(L): the factor is the outer product of the scaled norms, which is exactly symmetric
+        root = {L: math.sqrt(c * sigma_w2 * (sigma_w2 / 2.0) ** (L - 1)) for L in depths}
+
+    def one_tile(i0: int, j0: int) -> None:
+        i1, j1 = min(i0 + tile, n), min(j0 + tile, m)
+        if method == "theorem1":
+            gram = x[i0:i1] @ z[j0:j1].T
+            if symmetric and i0 == j0:
+                _symmetrize(gram)
+            vals = _theorem1_layers(gram, x_norm[i0:i1] ** 2, z_norm[j0:j1] ** 2, depths, sigma_w2,
+                                    beta ** 2, c, unit_diagonal=symmetric and i0 == j0)
         else:
-            gram = x[i0:i1] @ z[j0:].T
-            if symmetric:
-                _symmetrize_leading_square(gram)
-            block = _theorem1_layers(gram, x_norm[i0:i1] ** 2, z_norm[j0:] ** 2, depth,
-                                     sigma_w2, beta ** 2, c, unit_diagonal=symmetric)
-        # Blocks write disjoint regions (rows i0:i1 from the diagonal on, and their mirror).
+            rho = (xu[i0:i1] @ zu[j0:j1].T).clamp_(-1.0, 1.0)
+            if symmetric and i0 == j0:
+                _symmetrize(rho, diagonal=1.0)
+            if method == "table":
+                theta, phi = _angles(rho, xu[i0:i1], zu[j0:j1], need_phi=2 in depths)
+                vals = kernel_table.kernels_of_angle(theta, phi, rho, depths, quantities)
+            else:
+                vals = _sphere_layers(rho, depths, quantities)
         for k in want:
-            out[k][i0:i1, j0:] = block[k]
-            if symmetric:
-                out[k][j0:, i0:i1] = block[k].T
+            for d, L in enumerate(depths):
+                dst = out[k][d, i0:i1, j0:j1]
+                if method == "theorem1":
+                    dst.copy_(vals[(k, L)])
+                elif k == "ntk_bar":
+                    torch.div(vals[("ntk", L)], L, out=dst)
+                else:
+                    torch.outer(x_norm[i0:i1] * root[L], z_norm[j0:j1] * root[L], out=dst)
+                    dst.mul_(vals[(k, L)])
+                if symmetric and i0 != j0:   # tiles write disjoint regions: theirs and the mirror
+                    out[k][d, j0:j1, i0:i1].copy_(dst.T)
 
-    starts = range(0, n, block_size)
+    tiles = [(i0, j0) for i0 in range(0, n, tile) for j0 in range(i0 if symmetric else 0, m, tile)]
     workers = torch.get_num_threads() if num_threads is None else int(num_threads)
-    if x.device.type != "cpu" or workers <= 1 or len(starts) == 1:
-        for i0 in starts:
-            one_block(i0)
-        return out
-    # On CPU, blocks go to a pool of threads that each run single-threaded torch ops: on a shared
-    # machine, OpenMP's split of every small elementwise op waits for its slowest thread (measured:
-    # 0.8 s -> 15 s for n = 2000, L = 30 under load), while whole blocks per thread balance freely.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for f in [pool.submit(one_block, i0) for i0 in starts]:
-                f.result()
-    finally:
-        torch.set_num_threads(previous)
-    return out
+    if x.device.type != "cpu" or workers <= 1 or len(tiles) == 1:
+        for t in tiles:
+            one_tile(*t)
+    else:
+        # On CPU, tiles go to a pool of threads that each run single-threaded torch ops: on a
+        # shared machine, OpenMP's split of every small elementwise op waits for its slowest
+        # thread (measured: 0.8 s -> 15 s for n = 2000, L = 30 under load), while whole tiles
+        # per thread balance freely.
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for f in [pool.submit(one_tile, *t) for t in tiles]:
+                    f.result()
+        finally:
+            torch.set_num_threads(previous)
+    return out if many else {k: v[0] for k, v in out.items()}
 
 
-def relu_ntk(x, z=None, depth: int = 2, **kwargs) -> torch.Tensor:
+def relu_ntk(x, z=None, depth: int | Sequence[int] = 2, **kwargs) -> torch.Tensor:
     """Theta_inf^(depth)(x, z), the limiting NTK of Theorem 1; see :func:`relu_kernels` for options.
 
     Proposition 1: for colinear x, x' it equals depth |x| |x'| / (n0 2^(depth-1)).
@@ -302,39 +319,81 @@ def relu_ntk(x, z=None, depth: int = 2, **kwargs) -> torch.Tensor:
     return relu_kernels(x, z, depth, want=("ntk",), **kwargs)["ntk"]
 
 
-def relu_nngp(x, z=None, depth: int = 2, **kwargs) -> torch.Tensor:
+def relu_nngp(x, z=None, depth: int | Sequence[int] = 2, **kwargs) -> torch.Tensor:
     """Sigma^(depth)(x, z): the covariance of the depth-L network's output at initialization."""
     return relu_kernels(x, z, depth, want=("nngp",), **kwargs)["nngp"]
 
 
-def normalized_kernel(x, z=None, depth: int = 2, **kwargs) -> torch.Tensor:
+def normalized_kernel(x, z=None, depth: int | Sequence[int] = 2, **kwargs) -> torch.Tensor:
     """Definition 4: Theta-bar^(depth) = n0 2^(depth-1) Theta_inf^(depth) / depth on the sphere.
 
     Inputs off the sphere are first projected onto it (Proposition 2's homogeneity), so the
     result is always the kernel of the input directions: 1 on the diagonal, values in [0, 1].
     """
-    return relu_kernels(x, z, depth, want=("ntk_bar",), method="sphere", **kwargs)["ntk_bar"]
+    kwargs.setdefault("method", "table")
+    return relu_kernels(x, z, depth, want=("ntk_bar",), **kwargs)["ntk_bar"]
 
 
 # ------------------------------------------------------------------------------------------------
-# The two layer loops
+# Per tile: angles for the table, and the two layer recursions (the references)
 # ------------------------------------------------------------------------------------------------
-def _sphere_layers(rho: torch.Tensor, depth: int, need_t: bool = True):
-    """Carry a block of input cosines through the layers; returns (T^(L), rho^(L)).
+def _angles(rho: torch.Tensor, xu: torch.Tensor, zu: torch.Tensor, need_phi: bool):
+    """theta = arccos(rho) and (if asked) phi = arccos(-rho) = pi - theta for a tile of cosines.
+
+    The cosine x.z of unit vectors carries a rounding error of a few ulps to ~n0 ulps (20 ulps
+    measured for colinear 784-dimensional inputs), and arccos(1 - e) ~ sqrt(2 e) turns it into
+    an angle error of 1e-8 next to parallel inputs, which the kernel (not smooth in rho at +-1)
+    passes on: colinear inputs came out 1e-8..1e-7 off Proposition 1 depending on the CPU.  So
+    the angle of pairs within NEAR_PARALLEL of +-1 is taken from the distance instead,
+    theta = 2 arcsin(|x - z| / 2) (or pi minus that with x + z), which is accurate to a few ulps
+    of the angle itself: duplicates get exactly 0 (pi), colinear inputs ~1e-15.
+    """
+    theta = torch.arccos(rho)
+    phi = torch.arccos(-rho) if need_phi else None
+    lowest, highest = torch.aminmax(rho)       # one pass; most tiles have no such pair
+    if highest > 1.0 - NEAR_PARALLEL or lowest < NEAR_PARALLEL - 1.0:
+        near = rho.abs() > 1.0 - NEAR_PARALLEL
+        rows, cols = near.nonzero(as_tuple=True)
+        for s in range(0, len(rows), 4096):       # bounded memory for inputs full of duplicates
+            i, j = rows[s:s + 4096], cols[s:s + 4096]
+            parallel = rho[i, j] > 0
+            sign = torch.where(parallel, -1.0, 1.0).to(xu.dtype)
+            gap = torch.addcmul(xu[i], sign[:, None], zu[j]).norm(dim=1)     # |x - z| or |x + z|
+            ang = 2 * torch.asin((gap / 2).clamp_(max=1.0))
+            theta[i, j] = torch.where(parallel, ang, math.pi - ang)
+            if phi is not None:
+                phi[i, j] = torch.where(parallel, math.pi - ang, ang)
+    return theta, phi
+
+
+def _sphere_layers(rho: torch.Tensor, depths: Sequence[int], quantities=("ntk", "nngp")) -> dict:
+    """The layer recursion on a tile of input cosines: {(quantity, L): T^(L) or rho^(L)}.
 
     T^(1) = rho^(1); T^(l+1) = h'(rho^(l)) T^(l) + h(rho^(l)) with T^(l) = l Theta-bar^(l)
     (Theorem 1 in normalized form, Proposition 5).  With a = arccos(rho):
     h'(rho) = 1 - a/pi and h(rho) = rho h'(rho) + sqrt(1 - rho^2)/pi, so each layer costs one
     arccos, one sqrt and a few multiply-adds.  1 - rho^2 is formed as (1 - rho)(1 + rho): near
     rho = 1, 1 - rho is exact while 1 - rho*rho has an absolute error ~1e-16 that sqrt turns into
-    ~1e-8 and arccos, one layer later, into ~1e-4 (x against itself with z given, near-duplicate
-    inputs).  The clamp keeps a rounded h(rho) from exceeding 1.  ``rho`` is overwritten.
+    ~1e-8 and arccos, one layer later, into ~1e-4.  The clamp keeps a rounded h(rho) from
+    exceeding 1.  Near rho = 1 each layer's arccos still amplifies the rounding of rho^(l) (about
+    1e-11 relative at L = 1000): the table path computes in the angle instead.
     """
+    need_t = "ntk" in quantities
+    rho = rho.clone()
     t = rho.clone() if need_t else None
     hp = torch.empty_like(rho)
     s = torch.empty_like(rho)
     one = torch.ones((), dtype=rho.dtype, device=rho.device)
-    for _ in range(depth - 1):
+    out = {}
+
+    def keep(L):
+        if L in depths:
+            if need_t:
+                out[("ntk", L)] = t.clone()
+            if "nngp" in quantities:
+                out[("nngp", L)] = rho.clone()
+    keep(1)
+    for layer in range(1, max(depths)):
         torch.arccos(rho, out=hp)
         torch.add(one, hp, alpha=-_INV_PI, out=hp)                  # h'(rho) = 1 - a/pi
         torch.sub(one, rho, out=s)                                  # 1 - rho: exact near 1
@@ -342,47 +401,51 @@ def _sphere_layers(rho: torch.Tensor, depth: int, need_t: bool = True):
         rho.mul_(hp).add_(s, alpha=_INV_PI).clamp_(max=1.0)         # rho <- h(rho)
         if need_t:
             torch.addcmul(rho, t, hp, out=t)                        # T <- h' T + h
-    return t, rho
+        keep(layer + 1)
+    return out
 
 
-def _theorem1_layers(gram, qx, qz, depth, sigma_w2, beta2, c, unit_diagonal=False):
+def _theorem1_layers(gram, qx, qz, depths, sigma_w2, beta2, c, unit_diagonal=False) -> dict:
     """Theorem 1 and Definition 1 literally, with Proposition 2's Gaussian expectations.
 
     Tracks Sigma^(l)(x, z) and the per-point variances Sigma^(l)(x, x), Sigma^(l)(z, z):
     Sigma^(l+1) = sigma_w2 sqrt(q_x q_z) h(rho) / 2 + beta^2, q^(l+1) = sigma_w2 q^(l) / 2 + beta^2,
     Sigma-dot^(l+1) = sigma_w2 h'(rho) / 2, Theta^(l+1) = Sigma-dot^(l+1) Theta^(l) + Sigma^(l+1).
+    Returns {("nngp" or "ntk", L): tensor} for every L in ``depths``.
     """
     sigma = sigma_w2 * c * gram + beta2
     qx = sigma_w2 * c * qx + beta2
     qz = sigma_w2 * c * qz + beta2
     theta = sigma.clone()
-    for _ in range(depth - 1):
-        root = torch.sqrt(qx[:, None] * qz[None, :])
-        rho = torch.where(root > 0, sigma / root.clamp_min(torch.finfo(root.dtype).tiny),
-                          torch.zeros_like(sigma)).clamp_(-1.0, 1.0)
-        if unit_diagonal:  # x_i against itself: exactly 1, not 1 - 1e-16 (arccos would amplify it)
-            rho.diagonal().fill_(1.0)
-        sigma_dot = sigma_w2 * h_prime(rho) / 2
-        sigma = sigma_w2 * root * h(rho) / 2 + beta2
-        qx = sigma_w2 * qx / 2 + beta2
-        qz = sigma_w2 * qz / 2 + beta2
-        theta = sigma_dot * theta + sigma
-    return {"nngp": sigma, "ntk": theta}
+    out = {}
+    for layer in range(1, max(depths) + 1):
+        if layer > 1:
+            root = torch.sqrt(qx[:, None] * qz[None, :])
+            rho = torch.where(root > 0, sigma / root.clamp_min(torch.finfo(root.dtype).tiny),
+                              torch.zeros_like(sigma)).clamp_(-1.0, 1.0)
+            if unit_diagonal:  # x_i against itself: exactly 1, not 1 - 1e-16 (arccos would amplify it)
+                rho.diagonal().fill_(1.0)
+            sigma_dot = sigma_w2 * h_prime(rho) / 2
+            sigma = sigma_w2 * root * h(rho) / 2 + beta2
+            qx = sigma_w2 * qx / 2 + beta2
+            qz = sigma_w2 * qz / 2 + beta2
+            theta = sigma_dot * theta + sigma
+        if layer in depths:
+            out[("nngp", layer)], out[("ntk", layer)] = sigma, theta
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
-def _symmetrize_leading_square(block: torch.Tensor, diagonal: float | None = None) -> None:
-    """Make block[:, :b] exactly symmetric (b = rows), so the mirrored output is symmetric too.
+def _symmetrize(tile: torch.Tensor, diagonal: float | None = None) -> None:
+    """Make a diagonal tile exactly symmetric, so the mirrored output is symmetric too.
 
     The matmul may round x_i.x_j and x_j.x_i differently; every later step is elementwise, so a
     symmetric input gives a symmetric kernel.  ``diagonal`` sets the diagonal (unit cosines).
     """
-    b = block.shape[0]
-    square = block[:, :b]
-    upper = torch.triu(square, diagonal=1)
-    square.copy_(torch.triu(square) + upper.T)
+    upper = torch.triu(tile, diagonal=1)
+    tile.copy_(torch.triu(tile) + upper.T)
     if diagonal is not None:
-        square.diagonal().fill_(diagonal)
+        tile.diagonal().fill_(diagonal)
 
 
 def _check_depth(depth) -> None:
@@ -390,10 +453,30 @@ def _check_depth(depth) -> None:
         raise ValueError(f"depth (the paper's L, number of weight layers) must be an integer >= 1, got {depth!r}")
 
 
-def _as_matrix(a, dtype, device) -> torch.Tensor:
+def _depths(depth) -> tuple[tuple[int, ...], bool]:
+    """(depths, is_list) from an int or a sequence of ints, each checked."""
+    if isinstance(depth, (int, np.integer)) and not isinstance(depth, bool):
+        _check_depth(depth)
+        return (int(depth),), False
+    try:
+        depths = tuple(depth)
+    except TypeError:
+        _check_depth(depth)  # raises with the usual message
+        raise
+    if not depths:
+        raise ValueError("depth: an empty list of depths")
+    for d in depths:
+        _check_depth(d)
+    return tuple(int(d) for d in depths), True
+
+
+def _as_matrix(a, dtype, device, name: str = "x") -> torch.Tensor:
     t = torch.as_tensor(a)
     if t.dim() == 1:
         t = t[None, :]
     if t.dim() != 2:
-        raise ValueError(f"inputs must be a (n, n0) matrix, got shape {tuple(t.shape)}")
-    return t.to(dtype=dtype, device=device if device is not None else t.device)
+        raise ValueError(f"{name}: inputs must be a (n, n0) matrix, got shape {tuple(t.shape)}")
+    t = t.to(dtype=dtype, device=device if device is not None else t.device)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; the kernel of such inputs is undefined")
+    return t
