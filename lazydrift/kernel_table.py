@@ -67,7 +67,7 @@ import numpy as np
 import torch
 
 __all__ = ["SUB_PIECES_LOG2", "DEGREE", "angle_recursion", "DepthTable", "depth_table",
-           "s_over_cube", "kernels_of_angle", "kernels_of_cosine"]
+           "s_over_cube", "each_kernel", "kernels_of_cosine"]
 
 SUB_PIECES_LOG2 = 5        # 2^5 = 32 pieces per binary octave of y = theta + a
 DEGREE = 7                 # polynomial degree per piece
@@ -184,36 +184,48 @@ class DepthTable:
             self._on[key] = torch.as_tensor(self.coef, dtype=dtype, device=device).contiguous()
         return self._on[key]
 
-    def locate(self, theta: torch.Tensor):
+    def locate(self, theta: torch.Tensor, scratch=None):
         """Piece index (int64) and local coordinate s in [0, 2) of each angle in [0, pi].
 
         y = theta + a is a positive normal float 2^E (1 + f): its bits are the biased exponent
         followed by the mantissa f.  The exponent and the top k = SUB_PIECES_LOG2 bits of f are
         the piece, (bits >> (nmant - k)) minus that of a = 2^-p; the remaining bits of f are the
         position inside it.  Every step after the addition is exact; one integer shift replaces
-        a search over the grid.
+        a search over the grid.  ``scratch(name, shape, dtype)`` supplies reusable buffers.
         """
         if theta.dtype not in _IEEE:
             raise ValueError(f"the tabulated kernels compute in float64 or float32, got {theta.dtype}")
+        scratch = scratch or _fresh(theta.device)
         int_type, mantissa, bias = _IEEE[theta.dtype]
-        k = SUB_PIECES_LOG2
-        bits = (theta + self.a).view(int_type)
-        low = mantissa - k
-        idx = torch.bitwise_right_shift(bits, low).sub_((bias - self.p) << k).long()
-        s = torch.bitwise_and(bits, (1 << low) - 1).to(theta.dtype).mul_(2.0 ** (1 - low))
+        k, low, shape = SUB_PIECES_LOG2, mantissa - SUB_PIECES_LOG2, theta.shape
+        y = torch.add(theta, self.a, out=scratch("s", shape, theta.dtype))
+        bits = y.view(int_type)
+        idx = scratch("idx", shape, torch.int64)
+        if int_type == torch.int64:
+            torch.bitwise_right_shift(bits, low, out=idx)
+        else:                                              # float32: int32 bits, int64 index
+            idx.copy_(torch.bitwise_right_shift(bits, low))
+        idx.sub_((bias - self.p) << k)
+        position = torch.bitwise_and(bits, (1 << low) - 1, out=scratch("position", shape, int_type))
+        s = y.copy_(position).mul_(2.0 ** (1 - low))       # y's bits are used up: s takes its place
         return idx, s
 
-    def evaluate(self, which: int, quantity: int, idx: torch.Tensor, s: torch.Tensor,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+    def evaluate(self, which: int, quantity: int, idx: torch.Tensor, s: torch.Tensor, scratch=None) -> torch.Tensor:
         """Horner's scheme on the gathered coefficients: T^(L) (quantity 0) or rho^(L) (1) for
-        depth ``self.depths[which]``."""
+        depth ``self.depths[which]``.  The result lives in ``scratch("value")`` when given."""
+        scratch = scratch or _fresh(s.device)
         c = self.tensors(s.device, s.dtype)[which, quantity]
-        acc = torch.take(c[DEGREE], idx) if out is None else torch.take(c[DEGREE], idx, out=out)
-        tmp = torch.empty_like(acc)
+        acc = torch.take(c[DEGREE], idx, out=scratch("value", s.shape, s.dtype))
+        tmp = scratch("coefficient", s.shape, s.dtype)
         for k in range(DEGREE - 1, -1, -1):
             torch.take(c[k], idx, out=tmp)
             torch.addcmul(tmp, acc, s, out=acc)
         return acc
+
+
+def _fresh(device):
+    """A scratch supplier that allocates every time (for one-off calls)."""
+    return lambda name, shape, dtype: torch.empty(shape, dtype=dtype, device=device)
 
 
 @functools.lru_cache(maxsize=32)
@@ -233,36 +245,36 @@ def s_over_cube(t2: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def kernels_of_angle(theta: torch.Tensor, phi: torch.Tensor | None, rho: torch.Tensor,
-                     depths: Sequence[int], quantities=("ntk", "nngp")) -> dict:
-    """T^(L) ("ntk") and rho^(L) ("nngp") for each L in ``depths`` from the angles of the pairs.
+def each_kernel(theta: torch.Tensor, phi: torch.Tensor | None, rho: torch.Tensor, depths: Sequence[int],
+                quantities=("ntk", "nngp"), scratch=None):
+    """Yield ((quantity, L), value): T^(L) ("ntk") and rho^(L) ("nngp") for each L in ``depths``
+    from the angles of the pairs.
 
     ``theta`` = arccos(rho), ``phi`` = pi - theta = arccos(-rho) (needed for depth 2 only; pass
-    it computed directly, it is then accurate near rho = -1) and ``rho`` the cosines.  Returns
-    {(quantity, L): tensor}.  Tensors may be on any device; nothing is written into the inputs.
+    it computed directly, it is then accurate near rho = -1) and ``rho`` the cosines.  A value
+    may live in a scratch buffer that the next one reuses: use it before asking for the next.
+    Tensors may be on any device; the inputs are not written to.
     """
-    out = {}
-    deep = tuple(sorted({int(d) for d in depths if d >= 3}))
-    if deep:
-        table = depth_table(deep)
-        idx, s = table.locate(theta)
-        for i, d in enumerate(deep):
-            for q in quantities:
-                out[(q, d)] = table.evaluate(i, 0 if q == "ntk" else 1, idx, s)
     if 1 in depths:
         for q in quantities:
-            out[(q, 1)] = rho.clone()
+            yield (q, 1), rho
     if 2 in depths:
         if phi is None:
             raise ValueError("depth 2 needs phi = arccos(-rho)")
-        # h(rho) = S(phi)/pi and h'(rho) = phi/pi: exact cancellation-free forms near rho = -1
+        # h(rho) = S(phi)/pi and h'(rho) = phi/pi: cancellation-free near rho = -1
         h = phi * phi
         h = s_over_cube(h).mul_(h).mul_(phi).mul_(1 / math.pi)
         if "nngp" in quantities:
-            out[("nngp", 2)] = h
+            yield ("nngp", 2), h
         if "ntk" in quantities:
-            out[("ntk", 2)] = torch.addcmul(h, rho, phi, value=1 / math.pi)
-    return out
+            yield ("ntk", 2), torch.addcmul(h, rho, phi, value=1 / math.pi)
+    deep = tuple(sorted({int(d) for d in depths if d >= 3}))
+    if deep:
+        table = depth_table(deep)
+        idx, s = table.locate(theta, scratch)
+        for i, d in enumerate(deep):
+            for q in quantities:
+                yield (q, d), table.evaluate(i, 0 if q == "ntk" else 1, idx, s, scratch)
 
 
 def kernels_of_cosine(rho, depth: int | Sequence[int], quantity: str = "ntk"):
@@ -273,6 +285,6 @@ def kernels_of_cosine(rho, depth: int | Sequence[int], quantity: str = "ntk"):
     depths = [int(d) for d in (depth if many else [depth])]
     r = torch.as_tensor(np.asarray(rho, dtype=np.float64) if not isinstance(rho, torch.Tensor) else rho)
     r = r.to(torch.float64).clamp(-1.0, 1.0)
-    res = kernels_of_angle(torch.arccos(r), torch.arccos(-r), r, depths, (quantity,))
+    res = {key: value.clone() for key, value in each_kernel(torch.arccos(r), torch.arccos(-r), r, depths, (quantity,))}
     stack = torch.stack([res[(quantity, d)] for d in depths]) if many else res[(quantity, depths[0])]
     return stack if isinstance(rho, torch.Tensor) else stack.numpy()
