@@ -67,6 +67,7 @@ from lazydrift import kernel_table
 __all__ = [
     "h", "h_prime", "correlations", "feature_cosine", "normalized_kernel_recurrence",
     "relu_kernels", "relu_ntk", "relu_nngp", "normalized_kernel", "first_layer_scale",
+    "eta_recurrence", "max_offdiag_cosine", "depth_rule",
 ]
 
 _INV_PI = 1.0 / math.pi
@@ -169,6 +170,33 @@ def normalized_kernel_recurrence(rho1, depth: int, all_depths: bool = False):
     return _ret(theta, rho1)
 
 
+def eta_recurrence(rho1, depth: int, all_depths: bool = False):
+    """Section 6.4's eta kernel: eta^(1) = x^T x', eta^(L+1) = g(eta^(L)), g(z) = (1 + exp(-z))^-2."""
+    _check_depth(depth)
+    e = np.asarray(rho1, dtype=np.float64)
+    out = [e]
+    for _ in range(depth - 1):
+        e = (1.0 + np.exp(-e)) ** -2
+        out.append(e)
+    return np.stack(out) if all_depths else e
+
+
+def max_offdiag_cosine(x: torch.Tensor, block: int = 2048) -> float:
+    """max_{i != j} x_i^T x_j for unit rows, in row blocks (memory O(block * n))."""
+    best = -1.0
+    for i0 in range(0, len(x), block):
+        g = x[i0:i0 + block] @ x.T
+        idx = torch.arange(g.shape[0])
+        g[idx, idx + i0] = -2.0
+        best = max(best, float(g.max()))
+    return min(best, 1.0)
+
+
+def depth_rule(max_cos: float) -> float:
+    """Section 6.4's depth L = max_{i != j} 1 / sqrt(1 - h(x_i^T x_j)) (h is increasing)."""
+    return 1.0 / math.sqrt(1.0 - h(max_cos))
+
+
 # ------------------------------------------------------------------------------------------------
 # Kernel matrices
 # ------------------------------------------------------------------------------------------------
@@ -207,8 +235,9 @@ def relu_kernels(x, z=None, depth: int | Sequence[int] = 2, *, sigma_w2: float =
             and beta): Sigma^(1) = sigma_w2 c x^T z + beta^2, Sigma^(l+1) = sigma_w2 E[relu relu]
             + beta^2, Sigma-dot^(l+1) = sigma_w2 E[relu' relu'].  Defaults give the paper's kernel.
         input_scale: the first layer's covariance scale c, see :func:`first_layer_scale`.
-        want: which of "nngp" (Sigma^(L)), "ntk" (Theta_inf^(L)) and "ntk_bar" (Definition 4's
-            Theta-bar^(L) of the inputs projected on the sphere; bias-free only) to return.
+        want: which of "nngp" (Sigma^(L)), "ntk" (Theta_inf^(L)), "ntk_bar" (Definition 4's
+            Theta-bar^(L)) and "rho" (Definition 3's rho^(L), the NNGP with unit diagonal) to
+            return; the last two are of the inputs projected on the sphere, bias-free only.
         method: "table" (the tabulated functions of the angle, :mod:`lazydrift.kernel_table`;
             beta must be 0), "sphere" (the layer recursion on the cosines, beta 0; the reference
             the table was checked against), "theorem1" (the literal recursion with per-point
@@ -225,17 +254,17 @@ def relu_kernels(x, z=None, depth: int | Sequence[int] = 2, *, sigma_w2: float =
     """
     depths, many = _depths(depth)
     want = tuple(want)
-    bad = set(want) - {"nngp", "ntk", "ntk_bar"}
+    bad = set(want) - {"nngp", "ntk", "ntk_bar", "rho"}
     if bad or not want:
-        raise ValueError(f"want must name some of 'nngp', 'ntk', 'ntk_bar', got {want!r}")
+        raise ValueError(f"want must name some of 'nngp', 'ntk', 'ntk_bar', 'rho', got {want!r}")
     if method == "auto":
         method = "table" if beta == 0 else "theorem1"
     if method not in ("table", "sphere", "theorem1"):
         raise ValueError(f"method must be 'auto', 'table', 'sphere' or 'theorem1', got {method!r}")
     if method != "theorem1" and beta != 0:
         raise ValueError(f"method={method!r} needs beta == 0 (biases break homogeneity); use 'theorem1'")
-    if method == "theorem1" and "ntk_bar" in want:
-        raise ValueError("'ntk_bar' (Definition 4) is defined for the bias-free kernel; use method='table'")
+    if method == "theorem1" and {"ntk_bar", "rho"} & set(want):
+        raise ValueError("'ntk_bar' and 'rho' are the bias-free kernels of the directions; use method='table'")
 
     x = _as_matrix(x, dtype, device, "x")
     symmetric = z is None
@@ -254,7 +283,7 @@ def relu_kernels(x, z=None, depth: int | Sequence[int] = 2, *, sigma_w2: float =
     x_norm, z_norm = x.norm(dim=1), z.norm(dim=1)
     _check_finite(x_norm, "x")
     _check_finite(z_norm, "z")
-    quantities = tuple(q for q in ("ntk", "nngp") if q in want or (q == "ntk" and "ntk_bar" in want))
+    quantities = tuple(q for q, names in (("ntk", {"ntk", "ntk_bar"}), ("nngp", {"nngp", "rho"})) if names & set(want))
     if method != "theorem1":
         # Unit directions; zero rows stay zero (their kernel rows are 0 through the norm factor).
         xu = x / x_norm.clamp_min(torch.finfo(dtype).tiny)[:, None]
@@ -273,6 +302,8 @@ def relu_kernels(x, z=None, depth: int | Sequence[int] = 2, *, sigma_w2: float =
             dst.copy_(value)
         elif k == "ntk_bar":
             torch.div(value, L, out=dst)
+        elif k == "rho":
+            dst.copy_(value)
         else:
             torch.outer(x_norm[i0:i1] * root[L], z_norm[j0:j1] * root[L], out=dst)
             dst.mul_(value)
@@ -298,7 +329,7 @@ def relu_kernels(x, z=None, depth: int | Sequence[int] = 2, *, sigma_w2: float =
             else:
                 results = _sphere_layers(rho, depths, quantities).items()
         for (q, L), value in results:     # a table value is overwritten by the next: use it now
-            for k in (("ntk", "ntk_bar") if q == "ntk" else ("nngp",)):
+            for k in (("ntk", "ntk_bar") if q == "ntk" else ("nngp", "rho")):
                 if k in want:
                     for d in [d for d, depth in enumerate(depths) if depth == L]:
                         write(k, d, i0, i1, j0, j1, value)
