@@ -17,44 +17,33 @@ the recursion in rho, where 1 - rho^(l) ~ 1/l^2 is formed by subtraction and arc
 its rounding.
 
 **The table.**  Near theta = 0 the functions vary on the scale theta ~ 4/L (for theta << 1/L the
-layers have not yet pulled theta_l towards 3 pi / l; Theorem 2's expansion below), elsewhere on the
-scale theta itself.  So the grid is graded: with y = theta + a, a = 2^-p ~ 1.5 pi / L, each binary
-octave of y is cut into 16 equal pieces (the piece is read off the floating-point exponent and
-mantissa of y: ``frexp``, no search), and on each piece T^(L) and rho^(L) are polynomials of
-degree 8 in the local coordinate s in [0, 2), interpolated at Chebyshev-Lobatto points.  The
-values at the nodes come from the recursion above in extended precision (numpy's longdouble,
-64-bit mantissa on x86-64; plain float64 elsewhere, then the table is good to ~1e-14 at L = 1000
-instead of ~1e-15).  A piece spans at most 1/8 of its distance to theta = -a, so the nearest
-singularity is >= 16 half-widths away and degree 8 reaches float64 rounding.  The first piece
-starts at theta = 0 with s = 0, where Horner's scheme returns the constant coefficient exactly:
-T^(L)(0) = L and rho^(L)(0) = 1 come out exact (Proposition 1, the diagonal).
+layers have not yet pulled theta_l towards 3 pi / l, see Theorem 2's expansion in
+:mod:`lazydrift.kernels`), elsewhere on the scale theta itself.  So the grid is graded: with
+y = theta + a, a = 2^-p ~ 1.5 pi / L, each binary octave of y is cut into 32 equal pieces (the
+piece is read off the floating-point exponent and top mantissa bits of y, no search), and on
+each piece T^(L) and rho^(L) are polynomials of degree 7 in the local coordinate s in [0, 2),
+interpolated at Chebyshev-Lobatto points.  The values at the nodes come from the recursion above
+in extended precision (numpy's longdouble, 64-bit mantissa on x86-64; where it is plain float64
+the table is good to ~1e-14 at L = 1000 instead of ~1e-15).  A piece spans at most 1/32 of its
+distance to theta = -a, where the functions' nearest singularities sit, and degree 7 then reaches
+float64 rounding (measured: 16 pieces per octave need degree 8, 64 need degree 6; a and the
+piece count were chosen by the same measurement for L = 3..3000).  The first piece starts at
+theta = 0 with s = 0, where Horner's scheme returns the constant coefficient exactly: T^(L)(0) = L
+and rho^(L)(0) = 1 come out exact (Proposition 1, the diagonal).  One grid, set by the largest
+depth, serves a list of depths.  Building the table costs one run of the recursion over
+~8 x 32 x log2(L) angles: 0.03 s for L = 30, 0.55 s for L = 1000, once per process.
 
-Per entry the cost is one arccos, a few exact integer/float operations for the piece and s, and
-9 gathers and 8 multiply-adds per tabulated function; it does not grow with L.  Depths 1 and 2
+Per entry the cost is one arccos, five exact integer/float operations for the piece and s, and
+8 gathers and 7 multiply-adds per tabulated function; it does not grow with L.  Depths 1 and 2
 are closed forms (T^(1) = rho; T^(2) = (rho phi + S(phi)) / pi, rho^(2) = S(phi) / pi with
 phi = arccos(-rho)), which keep relative accuracy where T^(2) and rho^(2) vanish (rho -> -1).
 
 Measured worst relative error against a 50-digit mpmath evaluation of Theorem 1 given the same
 float64 cosine (``tests/test_kernels.py``), L in 1..1000, cosines from -1 to 1 including within
-1e-12 and one ulp of +-1: 2.2e-15 (the table's own fit at its build points: 1.1e-15).
+1e-12 and one ulp of +-1 (64 cosines, 16 depths): 1.0e-15, at L = 2 next to the zero of T^(2);
+against the longdouble recursion at 23000 angles between the nodes, L = 3..1000: 8.5e-16.
 
-**Theorem 2's rate.**  For small angles one layer maps theta -> theta - theta^2/(3 pi)
-- theta^3/(18 pi^2) + O(theta^4), so 1/theta_{l+1} = 1/theta_l + 1/(3 pi) + theta_l/(6 pi^2) + ...
-and 1/theta_L = L/(3 pi) + log(L)/(2 pi) + C(rho^(1)) + o(1).  Put T^(L) = L/4 + D_L in the
-recursion: D_{l+1} = (1 - theta_l/pi) D_l - l theta_l/(4 pi) + 3/4 - theta_{l+1}^2/2 + ..., and
-l theta_l/(4 pi) = 3/4 - (9/8) log(l)/l - O(1/l), so D_{l+1} = (1 - 3/l) D_l + (9/8) log(l)/l +
-O(1/l).  D_l = A log l + B solves it when A = 3 (9/8) / 9 = 3/8 (the homogeneous solutions decay
-like l^-3), hence for every rho^(1) in (-1, 1)
-
-    L (Theta-bar^(L) - 1/4) = D_L = (3/8) log L + B(rho^(1)) + o(1),
-
-so |Theta-bar^(L) - 1/4| = Theta(log L / L), not O(1/L).  The paper's proof (section 6.2) has the
-log: its V_{L+1} - V_2 = L sqrt(2)/(3 pi) + sum_k O(e_k^(1/2)) with e_k^(1/2) ~ 3 pi/(sqrt(2) k),
-a Theta(log L) sum, which Stolz-Cesaro only shows to be o(L).  Carried into h'(rho^(L)) =
-1 - 3/L + Theta(log L / L^2), it becomes per-layer terms of order log(L)/L^2 in equation (2),
-written o(1/L) there; summed with the weights prod (1 - 4/k') ~ (k/L)^4 they give
-Theta(log L / L), of the same order as the claimed rate and larger.  Tested against 50-digit
-mpmath up to L = 1e5 (``tests/test_kernels.py``).
+The same recursion gives Theorem 2's exact rate, (3/8) log L / L: see :mod:`lazydrift.kernels`.
 """
 
 from __future__ import annotations
@@ -185,7 +174,7 @@ class DepthTable:
         return self._on[key]
 
     def locate(self, theta: torch.Tensor, scratch=None):
-        """Piece index (int64) and local coordinate s in [0, 2) of each angle in [0, pi].
+        """Piece index (int32) and local coordinate s in [0, 2) of each angle in [0, pi].
 
         y = theta + a is a positive normal float 2^E (1 + f): its bits are the biased exponent
         followed by the mantissa f.  The exponent and the top k = SUB_PIECES_LOG2 bits of f are
@@ -200,13 +189,10 @@ class DepthTable:
         k, low, shape = SUB_PIECES_LOG2, mantissa - SUB_PIECES_LOG2, theta.shape
         y = torch.add(theta, self.a, out=scratch("s", shape, theta.dtype))
         bits = y.view(int_type)
-        idx = scratch("idx", shape, torch.int64)
-        if int_type == torch.int64:
-            torch.bitwise_right_shift(bits, low, out=idx)
-        else:                                              # float32: int32 bits, int64 index
-            idx.copy_(torch.bitwise_right_shift(bits, low))
-        idx.sub_((bias - self.p) << k)
         position = torch.bitwise_and(bits, (1 << low) - 1, out=scratch("position", shape, int_type))
+        top = torch.bitwise_right_shift(bits, low, out=scratch("top", shape, int_type))
+        # int32 indices: index_select gathers them twice as fast as take gathers int64 ones
+        idx = torch.sub(top, (bias - self.p) << k, out=scratch("idx", shape, torch.int32))
         s = y.copy_(position).mul_(2.0 ** (1 - low))       # y's bits are used up: s takes its place
         return idx, s
 
@@ -215,10 +201,12 @@ class DepthTable:
         depth ``self.depths[which]``.  The result lives in ``scratch("value")`` when given."""
         scratch = scratch or _fresh(s.device)
         c = self.tensors(s.device, s.dtype)[which, quantity]
-        acc = torch.take(c[DEGREE], idx, out=scratch("value", s.shape, s.dtype))
+        flat = idx.reshape(-1)
+        acc = scratch("value", s.shape, s.dtype)
         tmp = scratch("coefficient", s.shape, s.dtype)
+        torch.index_select(c[DEGREE], 0, flat, out=acc.view(-1))
         for k in range(DEGREE - 1, -1, -1):
-            torch.take(c[k], idx, out=tmp)
+            torch.index_select(c[k], 0, flat, out=tmp.view(-1))
             torch.addcmul(tmp, acc, s, out=acc)
         return acc
 

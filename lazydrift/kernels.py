@@ -20,9 +20,15 @@ network with weight variance sigma_w^2 and first-layer scale c (c = 1/n0 in Defi
     Theta^(L)(x, x') = |x| |x'| c sigma_w^2 (sigma_w^2 / 2)^(L-1) T^(L)(x/|x|, x'/|x'|),
     Sigma^(L)(x, x') = |x| |x'| c sigma_w^2 (sigma_w^2 / 2)^(L-1) rho^(L)(x/|x|, x'/|x'|).
 
-That is the fast path (:func:`relu_kernels` with ``beta == 0``): per layer and entry one arccos,
-one sqrt and four multiply-adds.  With biases (beta > 0) homogeneity fails and Theorem 1 is run
-literally with per-point variances (``method="theorem1"``, also used as a cross-check in the tests).
+So a bias-free kernel is one function of the cosine per depth, and :func:`relu_kernels` has two
+routes to it.  The default (``method="table"``) evaluates T^(L) and rho^(L) from tables of the
+angle theta = arccos(rho^(1)) built once per depth in extended precision
+(:mod:`lazydrift.kernel_table`): per entry one arccos, exact bit operations to find the piece,
+and 8 gathers and 7 multiply-adds per function, whatever L is, so the kernel costs about what the
+Gram matrix X X^T it starts from costs (measured below).  The layer recursion on the cosines
+(``method="sphere"``: per layer and entry one arccos, one sqrt and four multiply-adds) is kept as
+the reference it was checked against.  With biases (beta > 0) homogeneity fails and Theorem 1 is
+run literally with per-point variances (``method="theorem1"``, what "auto" picks then).
 
 Correspondence with neural-tangents (``tests/test_kernels.py``, ``benchmarks/bench_kernels.py``): the
 network ``stax.serial(*[Dense(w, W_std=sqrt(sigma_w2), b_std=beta, parameterization="ntk"),
@@ -35,21 +41,51 @@ of K(X, X) neural-tangents is off by up to ~1e-7 at L = 30 because its cosine x.
 1 - 1e-16 and arccos amplifies that (see Precision); with ``z=None`` the diagonal cosine here is
 exactly 1, and a 50-digit evaluation agrees with this module to ~1e-15.
 
-Precision: everything is float64 by default.  rho^(l) -> 1 with depth (Lemma 1) and arccos is
-ill-conditioned there (arccos(1 - e) ~ sqrt(2 e)): a rounding error d in rho becomes an error of
-about d / sqrt(2 (1 - rho)) in arccos, every layer.  Measured at L = 30 (784-dim inputs): on
-well-separated pairs float32 is off by ~1e-6 and float64 by ~1e-15; on near-duplicate inputs
-(cosine 1 - 5e-7) and on x against itself when z is given, float32 is off by ~1e-3 and float64
-by ~3e-7 (the cosine itself is only known to ~1e-16).  With z=None the diagonal cosine is set to
-exactly 1.  Inputs and cosines are clipped into [-1, 1] before any arccos.
+Precision.  Everything is float64 by default.  rho^(l) -> 1 with depth (Lemma 1) and the kernels
+are not smooth in rho at +-1 (arccos(1 - e) ~ sqrt(2 e)), so a rounding error d of a cosine
+near 1 becomes an error of about d / sqrt(2 (1 - rho)) in the angle.  The table path computes in
+the angle throughout and is within 1e-15 of a 50-digit evaluation of Theorem 1 given the same
+cosine, for every L up to 1000 and cosines within one ulp of +-1 (worst measured: 1.0e-15,
+``tests/test_kernels.py`` and :mod:`lazydrift.kernel_table`); the recursion on cosines re-amplifies its own rounding every layer
+(7e-13 off at L = 300 on random inputs, about 1e-11 at L = 1000).  What remains is the cosine
+itself: x.z / (|x||z|) from the GEMM carries a few ulps to ~n0 ulps (20 ulps measured for
+colinear 784-dimensional inputs; the amount depends on the CPU's summation order).  Pairs within
+NEAR_PARALLEL = 2^-20 of +-1 therefore get their angle from the unit vectors' distance,
+2 arcsin(|x/|x| -+ z/|z|| / 2), accurate to a few ulps of the angle: duplicates (x against itself
+or 2x, with or without z) get exactly 0, antipodes exactly pi, colinear inputs <= (n0 + 6) ulps,
+so Proposition 1 holds to ~1e-14 on any CPU.  We do not snap cosines to +-1: their angle can be
+computed instead, and snapping near-duplicates that are not colinear would be a wrong number.
+Elsewhere a cosine's rounding passes into the kernel as it would for any method.  float32
+(``dtype``) computes the same way with float32 tables, ~1e-7 relative.  Inputs with NaN or
+infinite values are rejected; cosines are clipped into [-1, 1].
 
-Large matrices are computed in blocks of rows, each block carried through all layers while it is
-in cache; when ``z is None`` only the blocks on and above the diagonal are computed and then
-mirrored, so memory is the output plus a few blocks per thread (see ``block_size``).  On CPU the
-blocks are shared among ``num_threads`` threads that each run single-threaded torch ops (robust on
-a shared machine).  Measured on 2 shared cores: n = 2000, 784 dims, L = 30 in 0.4-0.8 s, 8x faster
-than neural-tangents' jitted kernel_fn in the same run; n = 20000, L = 30 in ~100 s with a peak
-RSS of 3.8 GiB (the 3.0 GiB output included); see ``benchmarks/bench_kernels.py``.
+Large matrices are computed in square tiles (``block_size``, 256 on CPU): each tile's GEMM, angles
+and table lookups stay in cache, with per-thread scratch buffers reused from tile to tile.  With
+``z is None`` only the tiles on and above the diagonal are computed and mirrored, so the GEMM
+does half the Gram matrix's work and memory is the output plus a few tiles per thread.  On CPU
+the tiles are shared among ``num_threads`` threads that each run single-threaded torch ops
+(robust on a shared machine).  Measured on 2 shared cores (``benchmarks/bench_kernels.py``, side
+by side with ``X @ X.T``): see the README's "Performance and benchmarks".
+
+Theorem 2's rate.  For small angles one layer maps theta -> theta - theta^2/(3 pi) -
+theta^3/(18 pi^2) + O(theta^4) (from 1 - cos theta' = (2 pi sin^2(theta/2) - sin theta +
+theta cos theta) / pi), so 1/theta_{l+1} = 1/theta_l + 1/(3 pi) + theta_l/(6 pi^2) + O(theta_l^2)
+and 1/theta_L = L/(3 pi) + log(L)/(2 pi) + C(rho^(1)) + o(1).  Write T^(L) = L/4 + D_L in
+T^(l+1) = (1 - theta_l/pi) T^(l) + cos theta_{l+1}: D_{l+1} = (1 - theta_l/pi) D_l -
+l theta_l/(4 pi) + 3/4 - theta_{l+1}^2/2 + ..., and l theta_l/(4 pi) = 3/4 - (9/8) log(l)/l +
+O(1/l), so D_{l+1} = (1 - 3/l) D_l + (9/8) log(l)/l + O(1/l).  D_l = A log l + B solves it when
+3 A = 9/8, A = 3/8 (the homogeneous solutions decay like l^-3), hence for every rho^(1) in (-1, 1)
+
+    L (Theta-bar^(L) - 1/4) = D_L = (3/8) log L + B(rho^(1)) + o(1),
+
+so |Theta-bar^(L) - 1/4| = Theta(log L / L), not O(1/L) as Theorem 2 states.  The paper's proof
+(section 6.2) has the log in it: V_{L+1} - V_2 = L sqrt(2)/(3 pi) + sum_k O(e_k^(1/2)) with
+e_k^(1/2) ~ 3 pi / (sqrt(2) k), a Theta(log L) sum that Stolz-Cesaro only shows to be o(L).
+Carried into h'(rho^(L)) = 1 - 3/L + Theta(log L / L^2), it makes per-layer terms of order
+log(L)/L^2 in equation (2), written o(1/L) there; summed with the weights prod (1 - 4/k') ~
+(k/L)^4 they add up to Theta(log L / L), the order of the claimed rate and larger.  Tested against
+Proposition 5 in 50-digit arithmetic up to L = 1e5: the fitted coefficient of log L (with 1/L
+corrections) is 0.37498 (``tests/test_kernels.py``).
 """
 
 from __future__ import annotations
@@ -152,10 +188,10 @@ def normalized_kernel_recurrence(rho1, depth: int, all_depths: bool = False):
     With ``all_depths=True`` returns Theta-bar^(1..depth) stacked on a new first axis.
 
     Off the diagonal the values tend to 1/4 (Theorem 2), but not at the stated O(1/L) rate:
-    L |Theta-bar^(L) - 1/4| grows like c log L + C(rho^(1)) with c ~ 0.38 for every rho^(1)
-    (checked against 40-digit arithmetic up to L = 3e4), i.e. the distance is Theta(log L / L).
-    In float64 the recurrence is accurate to ~1e-9 up to L ~ 3000; beyond L ~ 1e4 the arccos of
-    rho^(L) ~ 1 - 1/L^2 loses digits.
+    L (Theta-bar^(L) - 1/4) = (3/8) log L + B(rho^(1)) + o(1) (derivation in the module
+    docstring), i.e. the distance is Theta(log L / L).  In float64 this recurrence in rho loses
+    digits as rho^(L) -> 1 (~1e-9 relative by L ~ 3000); beyond L ~ 1e4 use
+    :func:`lazydrift.kernel_table.angle_recursion`, which works in the angle.
     """
     _check_depth(depth)
     r, lib = _clip(rho1)
