@@ -1,6 +1,6 @@
 """Figures 2 and 4-8 of section 6, and a check of Theorem 2's rate: a CSV and a PNG for each.
 
-    python -m lazydrift.figures --out results/figures            # ~1-3 minutes on 2 cores
+    python -m lazydrift.figures --out results/figures            # minutes: Figures 6 and 7 are eigendecompositions
     python -m lazydrift.figures --out /tmp/figs --quick          # seconds (smaller sizes)
 
 Sizes (full / quick):

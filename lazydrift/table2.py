@@ -27,7 +27,7 @@ Theta-bar = c Theta on the sphere (c = n0 2^(L-1) / L), and K^-1 is unchanged by
 f_0 = 0 and t = inf the predictions with Theta and with Theta-bar are the same (checked per seed:
 ``theta_vs_theta_bar``); at finite t the choice rescales time by c.
 
-    python -m lazydrift.table2 --out results/table2           # 5 seeds, ~1-2 minutes on 2 cores
+    python -m lazydrift.table2 --out results/table2           # 5 seeds, ~20 s on 2 cores
 """
 
 from __future__ import annotations

@@ -135,6 +135,7 @@ def test_time_conventions(problem):
                                gradient_descent_mse(K, y).predict(k, 1.0, f0, f0t)[:, 0], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_finite_width_gradient_descent_tracks_f_t():
     """Full-batch GD on NTKMLP (width 2048, depth 2, i.e. L = 3) follows Proposition 6 early on.
 
