@@ -72,16 +72,9 @@ _S_SERIES_LD = [_LD((-1) ** (k + 1) * 2 * k) / _LD(math.factorial(2 * k + 1)) fo
 
 
 # ------------------------------------------------------------------------------------------------
-# The recursion in the angle (builds the tables; also the reference for depths beyond float64's
-# rho-recursion)
+# The recursion in the angle (builds the tables; also a reference where the recursion in rho
+# loses digits)
 # ------------------------------------------------------------------------------------------------
-def _s_over_cube_ld(t2: np.ndarray) -> np.ndarray:
-    acc = np.zeros_like(t2)
-    for c in reversed(_S_SERIES_LD):
-        acc = acc * t2 + c
-    return acc
-
-
 def angle_recursion(theta1, depths: Sequence[int], dtype=np.longdouble) -> dict[int, tuple]:
     """T^(l) and rho^(l) of unit inputs at angle ``theta1``, for each l in ``depths`` (>= 1).
 
@@ -151,7 +144,7 @@ class DepthTable:
         self.depths = depths
         self.p = max(1, round(math.log2(max(depths) / (1.5 * math.pi))))
         self.a = 2.0 ** -self.p
-        self.e0 = 1 - self.p                      # frexp exponent of y = a (m = 1/2)
+        self.e0 = 1 - self.p                      # y = a = (1/2) 2^e0: the first octave
         k = SUB_PIECES_LOG2
         last = math.frexp(math.pi + self.a)      # the piece holding theta = pi, plus one spare
         self.pieces = (last[1] - self.e0) * 2 ** k + int((last[0] - 0.5) * 2 ** (k + 1)) + 2
@@ -218,7 +211,7 @@ def _fresh(device):
 
 @functools.lru_cache(maxsize=32)
 def depth_table(depths: tuple[int, ...]) -> DepthTable:
-    """The table for these depths, built once per process (~0.2 s for L = 1000)."""
+    """The table for these depths, built once per process (0.03 s for L = 30, 0.55 s for L = 1000)."""
     return DepthTable(depths)
 
 

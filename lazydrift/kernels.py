@@ -371,23 +371,28 @@ def relu_kernels(x, z=None, depth: int | Sequence[int] = 2, *, sigma_w2: float =
                         write(k, d, i0, i1, j0, j1, value)
 
     tiles = [(i0, j0) for i0 in range(0, n, tile) for j0 in range(i0 if symmetric else 0, m, tile)]
-    workers = torch.get_num_threads() if num_threads is None else int(num_threads)
-    if x.device.type != "cpu" or workers <= 1 or len(tiles) == 1:
+    if x.device.type != "cpu":
         for t in tiles:
             one_tile(*t)
-    else:
-        # On CPU, tiles go to a pool of threads that each run single-threaded torch ops: on a
-        # shared machine, OpenMP's split of every small elementwise op waits for its slowest
-        # thread (measured: 0.8 s -> 15 s for n = 2000, L = 30 under load), while whole tiles
-        # per thread balance freely.
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        return out if many else {k: v[0] for k, v in out.items()}
+    # On CPU the tiles are the unit of parallelism: a pool of threads that each run whole tiles
+    # with single-threaded torch ops.  On a shared machine OpenMP's split of every small op waits
+    # for its slowest thread (measured: 0.8 s -> 15 s for n = 2000, L = 30 under load; a lone
+    # torch.arccos(out=) on a 19 x 19 tensor took 3.5 ms with 2 threads, 2 us with 1), while
+    # whole tiles per thread balance freely.
+    workers = torch.get_num_threads() if num_threads is None else int(num_threads)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if workers <= 1 or len(tiles) == 1:
+            for t in tiles:
+                one_tile(*t)
+        else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for f in [pool.submit(one_tile, *t) for t in tiles]:
                     f.result()
-        finally:
-            torch.set_num_threads(previous)
+    finally:
+        torch.set_num_threads(previous)
     return out if many else {k: v[0] for k, v in out.items()}
 
 
