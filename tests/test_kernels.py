@@ -593,6 +593,7 @@ def test_agrees_with_neural_tangents(nt_kernels, case):
 
 
 # -- the figures' numbers (small sizes) -----------------------------------------------------------
+@pytest.mark.slow
 def test_figure_numbers_against_direct_computations(tmp_path):
     import pandas as pd
 
