@@ -51,7 +51,7 @@ cosine, for every L up to 1000 and cosines within one ulp of +-1 (worst measured
 (7e-13 off at L = 300 on random inputs, about 1e-11 at L = 1000).  What remains is the cosine
 itself: x.z / (|x||z|) from the GEMM carries a few ulps to ~n0 ulps (20 ulps measured for
 colinear 784-dimensional inputs; the amount depends on the CPU's summation order).  Pairs within
-NEAR_PARALLEL = 2^-20 of +-1 therefore get their angle from the unit vectors' distance,
+NEAR_PARALLEL = 2^-20 of +-1 (2^-10 in float32) therefore get their angle from the unit vectors' distance,
 2 arcsin(|x/|x| -+ z/|z|| / 2), accurate to a few ulps of the angle: duplicates (x against itself
 or 2x, with or without z) get exactly 0, antipodes exactly pi, colinear inputs <= (n0 + 6) ulps,
 so Proposition 1 holds to ~1e-14 on any CPU.  We do not snap cosines to +-1: their angle can be
@@ -113,8 +113,10 @@ _INV_PI = 1.0 / math.pi
 # re-read all of z per block and ran at memory speed); 4096^2 on CUDA.
 _CPU_TILE = 256
 _CUDA_TILE = 4096
-# Pairs whose cosine is within this of +-1 get their angle from |x -+ z| (see _angles).
-NEAR_PARALLEL = 2.0 ** -20
+# Pairs whose cosine is within this of +-1 get their angle from |x -+ z| (see _angles): far above
+# what a GEMM rounds the cosine of colinear inputs to (~n0 ulps: 1e-13 in float64, 6e-5 in float32
+# for n0 = 1000), far below the cosines of distinct data.
+NEAR_PARALLEL = {torch.float64: 2.0 ** -20, torch.float32: 2.0 ** -10}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -449,16 +451,17 @@ def _angles(rho: torch.Tensor, xu: torch.Tensor, zu: torch.Tensor, need_phi: boo
     measured for colinear 784-dimensional inputs), and arccos(1 - e) ~ sqrt(2 e) turns it into
     an angle error of 1e-8 next to parallel inputs, which the kernel (not smooth in rho at +-1)
     passes on: colinear inputs came out 1e-8..1e-7 off Proposition 1 depending on the CPU.  So
-    the angle of pairs within NEAR_PARALLEL of +-1 is taken from the distance instead,
+    the angle of pairs within NEAR_PARALLEL (2^-20 in float64) of +-1 is taken from the distance,
     theta = 2 arcsin(|x - z| / 2) (or pi minus that with x + z), which is accurate to a few ulps
     of the angle itself: duplicates get exactly 0 (pi), colinear inputs ~1e-15.
     """
     scratch = scratch or _Scratch(rho.device)
     theta = torch.arccos(rho, out=scratch("theta", rho.shape, rho.dtype))
     phi = torch.neg(rho, out=scratch("phi", rho.shape, rho.dtype)).arccos_() if need_phi else None
+    threshold = NEAR_PARALLEL[rho.dtype]
     lowest, highest = torch.aminmax(rho)       # one pass; most tiles have no such pair
-    if highest > 1.0 - NEAR_PARALLEL or lowest < NEAR_PARALLEL - 1.0:
-        near = rho.abs() > 1.0 - NEAR_PARALLEL
+    if highest > 1.0 - threshold or lowest < threshold - 1.0:
+        near = rho.abs() > 1.0 - threshold
         rows, cols = near.nonzero(as_tuple=True)
         for s in range(0, len(rows), 4096):       # bounded memory for inputs full of duplicates
             i, j = rows[s:s + 4096], cols[s:s + 4096]

@@ -415,6 +415,13 @@ def test_float32_option_and_validation():
         k32 = relu_ntk(x, depth=4, dtype=torch.float32, method=method)
         assert k32.dtype == torch.float32 and k64.dtype == torch.float64
         torch.testing.assert_close(k32.double(), k64, rtol=1e-4, atol=1e-7)
+    # colinear inputs in float32 too: the angle from the vectors' distance is at most (n0 + 6)
+    # float32 ulps of 1/2, 6.6e-7 for n0 = 5, so by test_proposition_1's bound (L - 1) theta / (2 pi)
+    # the kernel is off by at most 3e-6 at L = 30 (plus a few float32 roundings of the product)
+    pts = torch.cat([x[:1], 2.5 * x[:1], 0.3 * x[:1]])
+    norms = pts.double().norm(dim=1)
+    colinear = relu_ntk(pts, depth=30, dtype=torch.float32).double()
+    torch.testing.assert_close(colinear, 30 * torch.outer(norms, norms) / (5 * 2 ** 29), rtol=4e-6, atol=0)
     with pytest.raises(ValueError, match="depth"):
         relu_ntk(x, depth=0)
     with pytest.raises(ValueError, match="columns"):
