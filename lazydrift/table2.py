@@ -9,6 +9,11 @@ points of the squared error summed over the 10 outputs; the other candidates are
 it (``error_candidates``) so the comparison is explicit:
 
 * ``error_l2``              mean Euclidean norm |f(x) - y|
+* ``error_l2_batch_sum``    the sum over ten equal test batches (1000 images each) of the batch
+                            mean of |f(x) - y|, i.e. 10 x ``error_l2``: the paper's Euclidean
+                            loss (section 5) added up over batches and not divided by their
+                            number.  The closest candidate (6.437 (0.049) against 6.435
+                            (0.075)), but the paper does not say so: not settled.
 * ``error_mse``             squared error averaged over test points and outputs
 * ``error_frobenius``       |F - Y|_F over the whole test set
 * ``error_gp_ntk``          E|f(x) - y|^2 when f_0 ~ GP(0, Theta-bar) (random init whose output
@@ -22,7 +27,7 @@ Theta-bar = c Theta on the sphere (c = n0 2^(L-1) / L), and K^-1 is unchanged by
 f_0 = 0 and t = inf the predictions with Theta and with Theta-bar are the same (checked per seed:
 ``theta_vs_theta_bar``); at finite t the choice rescales time by c.
 
-    python -m lazydrift.table2 --out results/table2           # 5 seeds, ~1-2 minutes on 2 cores
+    python -m lazydrift.table2 --out results/table2           # 5 seeds, ~20 s on 2 cores
 """
 
 from __future__ import annotations
@@ -40,12 +45,14 @@ import torch
 from lazydrift import mnist
 from lazydrift.export import write_csv, write_text
 from lazydrift.kernels import relu_kernels
+from lazydrift.regression import gradient_descent_mse
 
 __all__ = ["PAPER", "f1_macro", "evaluate_seed", "run_table2", "main"]
 
 PAPER = {"accuracy": 0.874, "f1_macro": 0.870, "error": 6.435, "error_std": 0.075}
-ERROR_CANDIDATES = ["error", "error_l2", "error_mse", "error_frobenius", "error_gp_ntk", "error_gp_nngp",
-                    "error_label_mse", "error_argmax_sq"]
+ERROR_CANDIDATES = ["error", "error_l2", "error_l2_batch_sum", "error_mse", "error_frobenius", "error_gp_ntk",
+                    "error_gp_nngp", "error_label_mse", "error_argmax_sq"]
+TEST_BATCHES = 10   # error_l2_batch_sum: ten test batches (1000 images each for MNIST's 10000)
 
 
 def f1_macro(y_true, y_pred, num_classes: int | None = None) -> float:
@@ -70,31 +77,31 @@ def evaluate_seed(seed: int, x_train_all: torch.Tensor, labels_train_all: torch.
     x, labels = x_train_all[idx], labels_train_all[idx]
     y = mnist.one_hot(labels)
     y_test = mnist.one_hot(labels_test)
-    kk = relu_kernels(x, depth=depth, want=("ntk_bar", "ntk", "nngp"), block_size=block_size)
-    kt = relu_kernels(x_test, x, depth=depth, want=("ntk_bar", "ntk", "nngp"), block_size=block_size)
+    kk = relu_kernels(x, depth=depth, want=("ntk_bar", "ntk", "rho"), block_size=block_size)
+    kt = relu_kernels(x_test, x, depth=depth, want=("ntk_bar", "ntk", "rho"), block_size=block_size)
     K, k = kk["ntk_bar"], kt["ntk_bar"]
-    chol = torch.linalg.cholesky(K)
-    a = torch.cholesky_solve(k.T, chol)                      # K^-1 k(x)^T, (n, m)
-    pred = a.T @ y                                           # Proposition 3 with f_0 = 0
+    predictor = gradient_descent_mse(K, y)                   # one Cholesky factor for every solve below
+    pred = predictor.predict(k)                              # Proposition 3 with f_0 = 0, t = inf
+    a = predictor.solve(k.T)                                 # K^-1 k(x)^T, (n, m): the GP terms
     resid = pred - y_test
     sq = (resid ** 2).sum(1)
+    l2 = sq.sqrt()
     cls = pred.argmax(1)
     # Theta instead of Theta-bar: the same predictor (c cancels)
-    pred_theta = torch.linalg.solve(kk["ntk"], kt["ntk"].T).T @ y
-    # rho^(L) = Sigma^(L) / Sigma^(L)(x, x): the NNGP with unit diagonal
-    n0 = x.shape[1]
-    nngp_scale = n0 * 2.0 ** (depth - 1)
-    R, r = kk["nngp"] * nngp_scale, kt["nngp"] * nngp_scale
+    pred_theta = gradient_descent_mse(kk["ntk"], y).predict(kt["ntk"])
+    # rho^(L) = Sigma^(L) / Sigma^(L)(x, x): the NNGP with unit diagonal (Definition 3)
+    R, r = kk["rho"], kt["rho"]
     post_ntk = 1 - (k * a.T).sum(1)
     post_nngp = 1 - 2 * (r * a.T).sum(1) + ((a.T @ R) * a.T).sum(1)
-    label_pred = a.T @ labels.double()
-    lam = torch.linalg.eigvalsh(K)
+    label_pred = k @ predictor.solve(labels.double())
+    lam = torch.linalg.eigvalsh(K)                           # the spectrum only: no eigenvectors
     return {
         "seed": seed, "n_train": n_train, "depth": depth, "n_test": len(x_test),
         "accuracy": float((cls == labels_test).double().mean()),
         "f1_macro": f1_macro(labels_test.numpy(), cls.numpy(), 10),
         "error": float(sq.mean()),
-        "error_l2": float(sq.sqrt().mean()),
+        "error_l2": float(l2.mean()),
+        "error_l2_batch_sum": float(sum(batch.mean() for batch in l2.chunk(TEST_BATCHES))),
         "error_mse": float((resid ** 2).mean()),
         "error_frobenius": float(resid.norm()),
         "error_gp_ntk": float((sq + y.shape[1] * post_ntk).mean()),
@@ -140,6 +147,8 @@ def table_markdown(summary: pd.DataFrame, seeds: pd.DataFrame, info: dict) -> st
     defs = {
         "error": "mean over test points of the squared error summed over the 10 outputs, f_0 = 0",
         "error_l2": "mean Euclidean norm of f(x) - y, f_0 = 0",
+        "error_l2_batch_sum": "sum over 10 equal test batches (1000 images each for all 10000) of the batch mean of |f(x) - y|_2, "
+                              "= 10 x `error_l2`",
         "error_mse": "squared error averaged over test points and outputs, f_0 = 0",
         "error_frobenius": "Frobenius norm of F - Y over the whole test set, f_0 = 0",
         "error_gp_ntk": "expected summed squared error with f_0 ~ GP(0, Theta-bar) (closed form)",
@@ -149,11 +158,21 @@ def table_markdown(summary: pd.DataFrame, seeds: pd.DataFrame, info: dict) -> st
     }
     for m in ERROR_CANDIDATES:
         lines.append(f"| `{m}` | {defs[m]} | {s.loc[m, 'mean']:.4f} ({s.loc[m, 'std']:.4f}) |")
+    close = abs(s.loc[best, "mean"] - PAPER["error"]) < PAPER["error_std"]
     lines += [
         "",
-        f"Closest to 6.435: `{best}` ({s.loc[best, 'mean']:.4f}); "
-        + ("it is within 2 paper s.d." if abs(s.loc[best, 'mean'] - PAPER['error']) < 2 * PAPER['error_std']
-           else "none of the candidates matches 6.435 (0.075)") + ".",
+        f"Closest to 6.435: `{best}`, {s.loc[best, 'mean']:.4f} ({s.loc[best, 'std']:.4f}); "
+        + ("inside the paper's s.d." if close else "none of the candidates matches 6.435 (0.075)"),
+    ]
+    if best == "error_l2_batch_sum":
+        lines += [
+            "If that is the paper's number, its \"average error\" is the Euclidean loss |f(x) - y|_2 (the loss the paper "
+            "writes in section 5) averaged within each of ten test batches and then summed over the batches instead of "
+            "averaged: ten times the mean error per image (`error_l2`). The paper does not define the number (its "
+            "Appendix D text calls it \"the mean squared error\", which this candidate is not: nothing is squared), "
+            "so this is the closest of our candidates, not a settled reading; the table above keeps `error`.",
+        ]
+    lines += [
         "",
         f"Theta vs Theta-bar: with f_0 = 0 at t = inf the predictions differ by at most "
         f"{seeds.theta_vs_theta_bar.max():.1e} (the scale c = n0 2^(L-1)/L cancels in K(x,X) K^-1).",

@@ -127,11 +127,33 @@ def test_run_table2_small(cache, tmp_path):
     summary = run_table2(out, seeds=[0, 1], n_train=60, depth=5, n_test=400, root=SHARED, data_dir=cache)
     table = pd.read_csv(out / "table2.csv")
     assert list(table.columns) == ["metric", "mean", "std", "n_seeds", "paper"]
-    assert {"accuracy", "f1_macro", "error"} <= set(table.metric)
-    assert table.set_index("metric").loc["accuracy", "paper"] == 0.874
+    assert {"accuracy", "f1_macro", "error", "error_l2_batch_sum"} <= set(table.metric)
     seeds = pd.read_csv(out / "seeds.csv")
     assert list(seeds.seed) == [0, 1] and (seeds.n_test == 400).all()
     assert (out / "table2.md").read_text().startswith("# Table 2")
+    # the summary is the seeds' mean and sample s.d.
+    by_metric = table.set_index("metric")
+    for metric in ("accuracy", "f1_macro", "error", "error_l2"):
+        assert by_metric.loc[metric, "mean"] == pytest.approx(seeds[metric].mean(), rel=1e-12)
+        assert by_metric.loc[metric, "std"] == pytest.approx(seeds[metric].std(ddof=1), rel=1e-12)
+    # ten equal batches of 40: the sum of batch means is ten times the mean (to rounding)
+    np.testing.assert_allclose(seeds.error_l2_batch_sum, 10 * seeds.error_l2, rtol=1e-13)
     acc = summary.set_index("metric").loc["accuracy", "mean"]
     assert 0.6 < acc < 1.0  # 60 images already classify most digits
     assert (seeds.theta_vs_theta_bar < 1e-10).all()
+
+
+PAPER_TEXT = SHARED.parent / "paper" / "revisiting-ntk-width-depth.txt"
+
+
+@pytest.mark.skipif(not PAPER_TEXT.is_file(), reason=f"the paper's text is not at {PAPER_TEXT}")
+def test_table2_paper_numbers_are_the_papers():
+    """table2.PAPER against Table 2 as printed in the paper's text (Appendix D)."""
+    import re
+
+    from lazydrift.table2 import PAPER
+    text = PAPER_TEXT.read_text()
+    error = re.search(r"Average error \(stdev\) ([0-9.]+)\(([0-9.]+)\)", text)
+    assert (float(error.group(1)), float(error.group(2))) == (PAPER["error"], PAPER["error_std"])
+    assert float(re.search(r"\nAccuracy (\d\.\d{3})", text).group(1)) == PAPER["accuracy"]
+    assert float(re.search(r"\nF1 score (\d\.\d{3})", text).group(1)) == PAPER["f1_macro"]

@@ -1,4 +1,5 @@
-"""Propositions 3 and 6 against a matrix exponential, an ODE solver and a trained finite network."""
+"""Propositions 3 and 6 against a plain solve, a matrix exponential, an ODE solver and a trained
+finite network."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import torch
 from lazydrift import NTKMLP
 from lazydrift.empirical import empirical_ntk
 from lazydrift.kernels import normalized_kernel, relu_ntk
-from lazydrift.regression import (KernelFlow, gradient_flow_predict, ntk_regression, paper_time,
-                                  projection_matrix, projection_norm, projection_operator)
+from lazydrift.regression import KernelPredictor, gradient_descent_mse, paper_time
 
 
 def sphere(n, n0, seed):
@@ -30,34 +30,77 @@ def problem():
 
 
 def test_t_zero_is_f0_and_large_t_is_proposition_3(problem):
+    """Error bounds: K's condition number here is ~1e3, so solves carry ~1e-13 relative error."""
     K, k, y, f0, f0t = problem
-    torch.testing.assert_close(gradient_flow_predict(K, k, y, 0.0, f0, f0t), f0t, rtol=0, atol=1e-14)
+    predictor = gradient_descent_mse(K, y)
+    torch.testing.assert_close(predictor.predict(k, 0.0, f0, f0t), f0t, rtol=0, atol=1e-14)
     lam_min = torch.linalg.eigvalsh(K)[0].item()
-    late = gradient_flow_predict(K, k, y, 60 / lam_min, f0, f0t)
-    prop3 = ntk_regression(K, k, y, f0, f0t)
+    late = predictor.predict(k, 60 / lam_min, f0, f0t)        # exp(-60) ~ 1e-26 of the start left
+    prop3 = predictor.predict(k, None, f0, f0t)                # Cholesky
     torch.testing.assert_close(late, prop3, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(gradient_flow_predict(K, k, y, math.inf, f0, f0t), prop3, rtol=1e-9, atol=1e-12)
-    # Proposition 3 by a plain solve; at the training points it interpolates y
+    torch.testing.assert_close(predictor.predict(k, math.inf, f0, f0t), prop3, rtol=0, atol=0)
+    # Proposition 3 by a plain LU solve; at the training points it interpolates y
     torch.testing.assert_close(prop3, f0t + k @ torch.linalg.solve(K, y - f0), rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(ntk_regression(K, K, y, f0, f0), y, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(predictor.predict(K, None, f0, f0), y, rtol=1e-9, atol=1e-10)
+    # a list of times stacks them, each as computed alone
+    stack = predictor.predict(k, [0.0, 1.5, 60 / lam_min], f0, f0t)
+    assert stack.shape == (3, 4, 3)
+    torch.testing.assert_close(stack[1], predictor.predict(k, 1.5, f0, f0t), rtol=1e-13, atol=1e-15)
+
+
+def test_factorizations_are_computed_once_and_reused(problem, monkeypatch):
+    K, k, y, f0, f0t = problem
+    calls = {"cholesky": 0, "eigh": 0}
+    cholesky_ex, eigh = torch.linalg.cholesky_ex, torch.linalg.eigh
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", counting("cholesky", cholesky_ex))
+    monkeypatch.setattr(torch.linalg, "eigh", counting("eigh", eigh))
+    predictor = gradient_descent_mse(K, y)
+    for _ in range(3):
+        predictor.predict(k)
+        predictor.solve(k.T)
+        predictor.predict(k, 2.0)
+        predictor.projection_norm(k, [1.0, 2.0])
+    assert calls == {"cholesky": 1, "eigh": 1}
+
+
+def test_diag_reg_is_ridge_regression(problem):
+    """diag_reg adds diag_reg mean(diag K) to the diagonal (neural-tangents' default scaling):
+    Proposition 3 becomes kernel ridge regression, checked against a plain solve."""
+    K, k, y, *_ = problem
+    ridge = 0.3 * K.diagonal().mean()
+    expected = k @ torch.linalg.solve(K + ridge * torch.eye(len(K), dtype=K.dtype), y)
+    torch.testing.assert_close(gradient_descent_mse(K, y, diag_reg=0.3).predict(k), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gradient_descent_mse(K, y, diag_reg=float(ridge), diag_reg_absolute_scale=True).predict(k),
+                               expected, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="rows"):
+        gradient_descent_mse(K, y[:5])
 
 
 def test_projection_matrix_against_matrix_exponential(problem):
     scipy_linalg = pytest.importorskip("scipy.linalg")
-    K, k, *_ = problem
+    K, k, y, *_ = problem
     t = 3.7
     Kn = K.numpy()
     expected = np.linalg.solve(Kn, scipy_linalg.expm(-t * Kn) - np.eye(len(Kn)))
-    np.testing.assert_allclose(projection_matrix(K, t).numpy(), expected, rtol=1e-9, atol=1e-12)
+    predictor = KernelPredictor(K, y)
+    np.testing.assert_allclose(predictor.projection_matrix(t).numpy(), expected, rtol=1e-9, atol=1e-12)
     # its eigenvalues are (exp(-t lambda_k) - 1) / lambda_k (Proposition 6)
     lam = np.linalg.eigvalsh(Kn)
     np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(expected)), np.sort((np.exp(-t * lam) - 1) / lam), rtol=1e-9)
     # the operator and its row norms
-    op = projection_operator(K, k, t)
+    op = predictor.projection_operator(k, t)
     np.testing.assert_allclose(op.numpy(), k.numpy() @ expected, rtol=1e-9, atol=1e-12)
-    norms = projection_norm(K, k, [0.0, t, 10.0])
+    norms = predictor.projection_norm(k, [0.0, t, 10.0])
     np.testing.assert_allclose(norms[1].numpy(), np.linalg.norm(k.numpy() @ expected, axis=1), rtol=1e-9)
     assert torch.all(norms[0] == 0)
+    # the projection term is f_t - f_0: the operator applied to f_0(X) - y
+    np.testing.assert_allclose(predictor.predict(k, t).numpy(), op.numpy() @ (-y.numpy()), rtol=1e-9, atol=1e-12)
 
 
 def test_solves_the_gradient_flow_ode(problem):
@@ -74,9 +117,9 @@ def test_solves_the_gradient_flow_ode(problem):
     sol = integrate.solve_ivp(rhs, (0, 2.5), np.concatenate([f0.numpy(), f0t.numpy()]).ravel(),
                               rtol=1e-11, atol=1e-13, method="DOP853")
     end = sol.y[:, -1].reshape(-1, 3)
-    flow = KernelFlow(K)
-    np.testing.assert_allclose(flow.predict(K, y, 2.5, f0, f0).numpy(), end[:n], rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(flow.predict(k, y, 2.5, f0, f0t).numpy(), end[n:], rtol=1e-7, atol=1e-9)
+    predictor = gradient_descent_mse(K, y)
+    np.testing.assert_allclose(predictor.predict(K, 2.5, f0, f0).numpy(), end[:n], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(predictor.predict(k, 2.5, f0, f0t).numpy(), end[n:], rtol=1e-7, atol=1e-9)
 
 
 def test_time_conventions(problem):
@@ -84,14 +127,15 @@ def test_time_conventions(problem):
     n = K.shape[0]
     assert paper_time(100, lr=0.5) == 50.0
     assert paper_time(100, lr=0.5, n=n, mean_loss=True) == pytest.approx(50.0 / n)
-    a = gradient_flow_predict(K, k, y, 100, f0, f0t, lr=0.5, mean_loss=True)
-    b = gradient_flow_predict(K, k, y, 50.0 / n, f0, f0t)
+    a = gradient_descent_mse(K, y, lr=0.5, mean_loss=True).predict(k, 100, f0, f0t)
+    b = gradient_descent_mse(K, y).predict(k, 50.0 / n, f0, f0t)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     # single-output targets work too
-    torch.testing.assert_close(gradient_flow_predict(K, k, y[:, 0], 1.0, f0[:, 0], f0t[:, 0]),
-                               gradient_flow_predict(K, k, y, 1.0, f0, f0t)[:, 0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gradient_descent_mse(K, y[:, 0]).predict(k, 1.0, f0[:, 0], f0t[:, 0]),
+                               gradient_descent_mse(K, y).predict(k, 1.0, f0, f0t)[:, 0], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_finite_width_gradient_descent_tracks_f_t():
     """Full-batch GD on NTKMLP (width 2048, depth 2, i.e. L = 3) follows Proposition 6 early on.
 
@@ -122,8 +166,8 @@ def test_finite_width_gradient_descent_tracks_f_t():
     assert move > 0.3 * torch.cat([f0 - y]).norm()  # training went somewhere
 
     def predicted(K):
-        flow = KernelFlow(K[:n, :n])
-        return torch.cat([flow.predict(K[:n, :n], y, t, f0, f0), flow.predict(K[n:, :n], y, t, f0, f0t)])
+        predictor = gradient_descent_mse(K[:n, :n], y)
+        return torch.cat([predictor.predict(K[:n, :n], t, f0, f0), predictor.predict(K[n:, :n], t, f0, f0t)])
     actual = torch.cat([ft, ftt])
     err_emp = (predicted(k_emp) - actual).norm() / move
     err_inf = (predicted(relu_ntk(torch.cat([x, xt]), depth=3)) - actual).norm() / move
