@@ -15,9 +15,11 @@ import math
 import subprocess
 from pathlib import Path
 
+import mpmath
 import numpy as np
 import pytest
 import torch
+from scipy import integrate
 
 from lazydrift import NTKMLP, kernels
 from lazydrift.kernels import (correlations, feature_cosine, h, h_prime, normalized_kernel,
@@ -39,7 +41,6 @@ def relu_moment(rho: float) -> float:
     u = b, v = rho b + c a with a, b independent N(0, 1), c = sqrt(1 - rho^2); integrating only
     over the quadrant u, v > 0 keeps the integrand smooth, so quadrature is accurate to ~1e-12.
     """
-    integrate = pytest.importorskip("scipy.integrate")
     c = math.sqrt(1 - rho * rho)
 
     def integrand(a, b):
@@ -162,7 +163,6 @@ def test_depth_one_and_two_closed_forms():
 
 def theorem1_mpmath(x, z, depth, sigma_w2=1, beta=0):
     """Theorem 1 with Definition 1's ReLU expectations in 50-digit arithmetic (one entry)."""
-    mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 50
     n0 = len(x)
     x = [mpmath.mpf(float(v)) for v in x]
@@ -185,7 +185,6 @@ def theorem1_mpmath(x, z, depth, sigma_w2=1, beta=0):
 def normalized_mpmath(rho1, depths):
     """{L: (T^(L), rho^(L))} for unit inputs with cosine rho1 (a float, taken exactly), by
     Proposition 5 times L in 50-digit arithmetic: T^(l+1) = h'(rho^(l)) T^(l) + h(rho^(l))."""
-    mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 50
     pi = mpmath.pi
     r = mpmath.mpf(rho1)

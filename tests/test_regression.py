@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import integrate
+from scipy import linalg as scipy_linalg
 
 from lazydrift import NTKMLP
 from lazydrift.empirical import empirical_ntk
@@ -83,7 +85,6 @@ def test_diag_reg_is_ridge_regression(problem):
 
 
 def test_projection_matrix_against_matrix_exponential(problem):
-    scipy_linalg = pytest.importorskip("scipy.linalg")
     K, k, y, *_ = problem
     t = 3.7
     Kn = K.numpy()
@@ -105,7 +106,6 @@ def test_projection_matrix_against_matrix_exponential(problem):
 
 def test_solves_the_gradient_flow_ode(problem):
     """f_t against scipy's ODE solver on df/dt = -K(x, X)(f(X) - y), train and test points together."""
-    integrate = pytest.importorskip("scipy.integrate")
     K, k, y, f0, f0t = problem
     Kn, kn, yn = K.numpy(), k.numpy(), y.numpy()
     n = len(Kn)
