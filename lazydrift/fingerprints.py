@@ -9,8 +9,9 @@ rate or step count:
    amount, about sqrt(1 / (2 ln n)) (0.23 at n = 10^4) for Gaussian deviations.  Paper: 0.51, 0.44.
 2. **width exponents**: the slopes alpha of mean measure ~ width^alpha.  Paper (two widths):
    l2 0.70, linf 0.33, ratio 0.37; lazy (NTK) training predicts 0, -1/2, 1/2.
-3. **spread across inputs**: the coefficient of variation (sample s.d. / mean over probes) of
-   l2, linf and ratio.  Paper: about 0.21, 0.20 and 0.016-0.020.
+3. **spread across inputs**: the coefficient of variation (s.d. / mean over probes) of
+   l2, linf and ratio.  Paper: about 0.21, 0.20 and 0.016-0.020.  Whether the paper's average
+   counts each word once or each occurrence is not said; ``weights`` computes the latter.
 
 Each function is pure: rows in, numbers out.  The comparison with the paper
 (:func:`compare_to_paper`) needs several seeds: a candidate protocol is *consistent* with a
@@ -40,19 +41,30 @@ PAPER_TABLE1 = {  # paper Table 1: measure -> ((mean, s.d.) at 10K, (mean, s.d.)
 FINGERPRINTS = ("flatness", "cv_l2", "cv_linf", "cv_ratio")
 
 
-def probe_fingerprint(l2, linf, ratio, width: int) -> dict:
+def probe_fingerprint(l2, linf, ratio, width: int, weights=None) -> dict:
     """One run's fingerprints from per-probe values of l2, linf and ratio at one step.
 
-    Returns the mean and sample s.d. (ddof = 1) over probes of each measure, ``flatness`` =
-    mean(ratio) / sqrt(width) and ``cv_<measure>`` = s.d. / mean.  Probes whose values are
-    not finite (h_t = h_0 gives ratio NaN) are left out of that measure.
+    Returns the mean and s.d. over probes of each measure, ``flatness`` = mean(ratio) /
+    sqrt(width) and ``cv_<measure>`` = s.d. / mean.  Probes whose values are not finite
+    (h_t = h_0 gives ratio NaN) are left out of that measure.
+
+    Without ``weights`` every probe counts once and the s.d. is the sample s.d. (ddof = 1).
+    ``weights`` (e.g. each probe word's count in the corpus) make these the averages over
+    the dataset's inputs with repetition, one reading of Table 1's "we average over inputs in
+    the dataset": weighted mean sum w v / sum w and s.d. sqrt(sum w (v - mean)^2 / sum w).
     """
     out: dict = {"width": int(width)}
     for name, values in (("l2", l2), ("linf", linf), ("ratio", ratio)):
         v = np.asarray(values, dtype=float)
-        v = v[np.isfinite(v)]
-        mean = float(v.mean()) if v.size else math.nan
-        sd = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=float)
+        keep = np.isfinite(v)
+        v, w = v[keep], w[keep]
+        if weights is None:
+            mean = float(v.mean()) if v.size else math.nan
+            sd = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        else:
+            mean = float((w * v).sum() / w.sum()) if v.size else math.nan
+            sd = float(np.sqrt((w * (v - mean) ** 2).sum() / w.sum())) if v.size > 1 else math.nan
         out[f"{name}_mean"], out[f"{name}_sd"] = mean, sd
         out[f"cv_{name}"] = sd / mean if mean > 0 else math.nan
     out["n_probes"] = int(np.isfinite(np.asarray(ratio, dtype=float)).sum())

@@ -27,6 +27,19 @@ def test_probe_fingerprint_against_numpy():
     assert got["n_probes"] == 40
 
 
+def test_weighted_fingerprint_is_the_average_over_repeated_inputs():
+    """Integer weights: the same as listing each probe weight-many times (population s.d.)."""
+    rng = np.random.default_rng(5)
+    l2, linf = rng.uniform(3, 6, 12), rng.uniform(0.1, 0.2, 12)
+    counts = rng.integers(1, 9, 12)
+    got = fp.probe_fingerprint(l2, linf, l2 / linf, width=100, weights=counts)
+    for name, v in (("l2", l2), ("linf", linf), ("ratio", l2 / linf)):
+        rep = np.repeat(v, counts)
+        assert got[f"{name}_mean"] == pytest.approx(rep.mean(), rel=1e-13)
+        assert got[f"cv_{name}"] == pytest.approx(rep.std(ddof=0) / rep.mean(), rel=1e-11)
+    assert got["flatness"] == pytest.approx(np.repeat(l2 / linf, counts).mean() / 10, rel=1e-13)
+
+
 def test_flatness_closed_forms():
     """Every neuron moving by the same amount gives ratio = sqrt(n), flatness 1; one neuron, 1/sqrt(n)."""
     import torch
