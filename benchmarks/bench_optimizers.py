@@ -3,6 +3,7 @@
     python benchmarks/bench_optimizers.py              # widths 2048, 4096 (CPU: a few minutes)
     python benchmarks/bench_optimizers.py --quick      # widths 1024, 2048
     python benchmarks/bench_optimizers.py --json results/bench/optimizers.json
+    python benchmarks/bench_optimizers.py --threads 1    # steadier on a shared machine
 
 The target (issue 13): Adam must not cost more than its own memory traffic over the fused SGD
 step.  Fused SGD (lazydrift.train.fused_sgd) adds W -= lr * grad into the grad-weight GEMM's
@@ -115,9 +116,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--widths", type=int, nargs="*")
     ap.add_argument("--json")
     args = ap.parse_args()
-    result = bench([1024, 2048] if args.quick else [2048, 4096], args.repeat)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench(args.widths or ([1024, 2048] if args.quick else [2048, 4096]), args.repeat)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

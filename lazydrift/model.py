@@ -148,6 +148,54 @@ class _InputSGD(torch.autograd.Function):
         return None, None, None, None
 
 
+class _LinearStep(torch.autograd.Function):
+    """y = m * x @ W^T whose backward writes dL/dW into a reused buffer and calls step(W, grad).
+
+    ``step`` (see lazydrift.optimizers) owns the buffer (``step.buffer(weight)``) and applies
+    an optimizer update from it; no gradient tensor is allocated per step.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, multiplier, step):
+        ctx.save_for_backward(x, weight)
+        ctx.multiplier, ctx.step = multiplier, step
+        return scaled_mm(x, weight.t(), multiplier)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        m = ctx.multiplier
+        grad_x = scaled_mm(grad_out, weight, m) if ctx.needs_input_grad[0] else None  # W before the step
+        grad = ctx.step.buffer(weight)
+        torch.addmm(grad, grad_out.t(), x, beta=0, alpha=m, out=grad)  # dL/dW = m grad_out^T x, one pass
+        ctx.step(weight, grad)
+        return grad_x, None, None, None
+
+
+class _InputStep(torch.autograd.Function):
+    """First layer y = m * x W whose backward writes dL/dW into a reused buffer and calls step(W, grad)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, multiplier, step):
+        ctx.save_for_backward(x)
+        ctx.weight, ctx.multiplier, ctx.step = weight, multiplier, step
+        if torch.is_floating_point(x):
+            return scaled_mm(x, weight, multiplier)
+        return _lookup(x, weight, multiplier)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        grad = ctx.step.buffer(ctx.weight)
+        if torch.is_floating_point(x):
+            torch.addmm(grad, x.t(), grad_out, beta=0, alpha=ctx.multiplier, out=grad)
+        else:  # token ids: the rows of the batch's tokens, every other row 0
+            grad.zero_().index_add_(0, x.reshape(-1), grad_out.reshape(-1, grad_out.shape[-1]),
+                                    alpha=ctx.multiplier)
+        ctx.step(ctx.weight, grad)
+        return None, None, None, None
+
+
 def _lookup(ids: torch.Tensor, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
     rows = F.embedding(ids, weight)
     return rows if multiplier == 1.0 else rows.mul_(multiplier)
@@ -172,6 +220,7 @@ class ScaledLinear(nn.Module):
         self.scaling = scaling
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.sgd_lr: float | None = None  # set by lazydrift.train.fused_sgd
+        self.grad_step = None  # set by lazydrift.optimizers.Optimizer: an update applied inside backward
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         _draw(self.weight, self.scaling, generator)
@@ -179,6 +228,8 @@ class ScaledLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sgd_lr is not None and torch.is_grad_enabled():
             return _LinearSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
+        if self.grad_step is not None and torch.is_grad_enabled():
+            return _LinearStep.apply(x, self.weight, self.multiplier, self.grad_step)
         return scaled_mm(x, self.weight.t(), self.multiplier)
 
     def extra_repr(self) -> str:
@@ -201,6 +252,7 @@ class InputLayer(nn.Module):
         self.scaling = scaling
         self.weight = nn.Parameter(torch.empty(in_features, width))
         self.sgd_lr: float | None = None
+        self.grad_step = None
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         _draw(self.weight, self.scaling, generator)
@@ -208,6 +260,8 @@ class InputLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sgd_lr is not None and torch.is_grad_enabled():
             return _InputSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
+        if self.grad_step is not None and torch.is_grad_enabled():
+            return _InputStep.apply(x, self.weight, self.multiplier, self.grad_step)
         if not torch.is_floating_point(x):
             return _lookup(x, self.weight, self.multiplier)
         return scaled_mm(x, self.weight, self.multiplier)

@@ -13,14 +13,15 @@ the optimizer family (:func:`lr_factors`):
   gradient, so its factors follow a different rule (below).
 
 ``sgd`` runs as :func:`lazydrift.train.fused_sgd`: the update is applied inside the backward
-pass and no gradient tensor exists.  ``momentum`` and ``adam`` need their gradient, so each
-weight is stepped by a fused (one pass over memory) ``torch.optim`` kernel from a
-``register_post_accumulate_grad_hook`` the moment its gradient is complete, and the gradient
-is dropped at once: the readout's gradient is gone before the hidden layer's is computed, so
-at most one gradient buffer is alive.  This is exact, not an approximation: by the time a
-weight's gradient is accumulated, every backward node that reads that weight has run (the
-same property fused_sgd relies on).  The cost over fused SGD is the optimizer's own memory
-traffic (``benchmarks/bench_optimizers.py`` measures it).
+pass and no gradient tensor exists.  ``momentum`` and ``adam`` need their gradient: inside the
+block, each NTKMLP layer's backward (``grad_step``, model._LinearStep / _InputStep) writes its
+weight gradient with one GEMM into a scratch buffer that all layers share and that lives for
+the whole run, and steps the weight from it at once with a fused (one pass over memory)
+``torch.optim`` kernel.  One gradient buffer (the largest layer's size) exists in all, it is
+never allocated again (no page faults, no extra scaling pass as in autograd's addmm
+backward), and the update is exact: the layer's input gradient is computed from W before the
+step, and no later backward node reads W (the property fused_sgd relies on).  The cost over
+fused SGD is then the optimizer's own memory traffic (``benchmarks/bench_optimizers.py``).
 
 Use::
 
@@ -139,22 +140,16 @@ class Optimizer:
         self.model, self.name, self.lr = model, name, float(lr)
         self.hyper = hyperparameters(name, **overrides)
         self.factors = lr_factors(model, name)
-        self._active = False
+        self._layers = model.linear_layers()
         self._per_weight: list[torch.optim.Optimizer] = []
-        self._handles = []
+        self._step = None
         if name != "sgd":
+            by_weight = {}
             for group in param_groups(model, name, self.lr):
-                (weight,) = group["params"]
                 opt = torch_optimizer(name, [group], self.lr, fused=True, **overrides)
                 self._per_weight.append(opt)
-                self._handles.append(weight.register_post_accumulate_grad_hook(self._hook(opt)))
-
-    def _hook(self, opt: torch.optim.Optimizer):
-        def step_now(weight: torch.Tensor) -> None:
-            if self._active:
-                opt.step()
-                weight.grad = None  # free this layer's gradient before the next one exists
-        return step_now
+                by_weight[id(group["params"][0])] = opt
+            self._step = _InBackwardStep(by_weight)
 
     @contextlib.contextmanager
     def step(self) -> Iterator[None]:
@@ -163,11 +158,13 @@ class Optimizer:
             with fused_sgd(self.model, self.lr):
                 yield
             return
-        self._active = True
+        for layer in self._layers:
+            layer.grad_step = self._step
         try:
             yield
         finally:
-            self._active = False
+            for layer in self._layers:
+                layer.grad_step = None
 
     def state_dict(self) -> dict:
         """Each weight's optimizer state (momentum buffers, Adam moments and step counts)."""
@@ -183,10 +180,36 @@ class Optimizer:
             opt.load_state_dict(s)
 
     def close(self) -> None:
-        """Remove the gradient hooks (the model trains normally afterwards)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        """Free the shared gradient buffer (a later step allocates it again)."""
+        if self._step is not None:
+            self._step.scratch = None
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # noqa: D105
         return f"Optimizer({self.name}, lr={self.lr:g}, factors={[f'{f:.4g}' for f in self.factors]}, {self.hyper})"
+
+
+class _InBackwardStep:
+    """Called by a layer's backward with (weight, grad): one fused optimizer step for that weight.
+
+    ``buffer(weight)`` is a view, shaped like the weight, of one scratch tensor shared by all
+    layers (a layer's gradient is consumed by its step before the next layer's is written).
+    """
+
+    def __init__(self, optimizers: dict[int, torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.scratch: torch.Tensor | None = None
+
+    def buffer(self, weight: torch.Tensor) -> torch.Tensor:
+        n = weight.numel()
+        if self.scratch is None or self.scratch.numel() < n or self.scratch.dtype != weight.dtype \
+                or self.scratch.device != weight.device:
+            size = max(n, self.scratch.numel() if self.scratch is not None else 0)
+            self.scratch = torch.empty(size, dtype=weight.dtype, device=weight.device)
+        return self.scratch[:n].view(weight.shape)
+
+    def __call__(self, weight: torch.Tensor, grad: torch.Tensor) -> None:
+        weight.grad = grad
+        try:
+            self.optimizers[id(weight)].step()
+        finally:
+            weight.grad = None
