@@ -66,11 +66,20 @@ def screen(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def complete_seeds(g: pd.DataFrame) -> pd.DataFrame:
+    """The cells of the seeds that have every width of this candidate (so that each seed's
+    log-log fit spans the same widths; an unfinished seed would widen the interval spuriously)."""
+    widths = set(g.width)
+    full = [s for s, gs in g.groupby("seed") if set(gs.width) == widths]
+    return g[g.seed.isin(full)]
+
+
 def verdicts(cells: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for cand, g in cells.groupby("candidate", sort=False):
+        g = complete_seeds(g)
         if g.seed.nunique() >= 2 and g.width.nunique() >= 3:
-            parts.append(compare_to_paper(g).assign(candidate=cand))
+            parts.append(compare_to_paper(g).assign(candidate=cand, seeds=g.seed.nunique()))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -120,16 +129,41 @@ def all_verdicts(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def screen_summary(cells: pd.DataFrame, vocab: int, steps=(10, 100, 300)) -> str:
+    """One row per candidate (seed 0): flatness at the widths, the two-width exponents of l2
+    and linf, the CVs and the laziness indicators at the largest width, at each of ``steps``."""
+    rows = []
+    for cand in dict.fromkeys(cells[cells.vocab == vocab].candidate):
+        row = {"candidate": cand}
+        for step in steps:
+            c = at_step(cells[(cells.candidate == cand) & (cells.seed == 0)], step, vocab)
+            if c.empty:
+                continue
+            c = c.sort_values("width")
+            top = c.iloc[-1]
+            row[f"t={step}: flatness"] = "/".join(f"{v:.2f}" for v in c.flatness)
+            row[f"t={step}: exp l2, linf"] = (f"{fit_loglog(c.width, c.l2_mean)['slope']:.2f}, "
+                                               f"{fit_loglog(c.width, c.linf_mean)['slope']:.2f}")
+            row[f"t={step}: CV l2/linf/ratio"] = f"{top.cv_l2:.2f}/{top.cv_linf:.2f}/{top.cv_ratio:.3f}"
+            row[f"t={step}: rel. change, cos"] = f"{top.rel_l2:.2g}, {top.cos0:.2f}->{top.cos:.2f}"
+        rows.append(row)
+    return markdown(pd.DataFrame(rows).fillna("-"))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--step", type=int, default=300)
     ap.add_argument("--vocab", type=int, default=2000)
-    ap.add_argument("--results", type=Path, default=HERE / "results")
+    ap.add_argument("--results", type=Path, default=HERE / "results" / "all_words")
     ap.add_argument("--candidates", nargs="*", help="only these (default: all)")
     ap.add_argument("--write", type=Path, help="write every (V, step) verdict to this CSV")
     ap.add_argument("--weighted", action="store_true", help="fingerprints weighted by word counts")
+    ap.add_argument("--summary", action="store_true", help="the screen: every candidate, seed 0, steps 10/100/300")
     args = ap.parse_args(argv)
     cells = load(args.results, args.weighted)
+    if args.summary:
+        print(screen_summary(cells, args.vocab))
+        return
     if args.write:
         v = all_verdicts(cells)
         v.to_csv(args.write, index=False, float_format="%.4g")
