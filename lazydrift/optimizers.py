@@ -184,7 +184,7 @@ class Optimizer:
         if self._step is not None:
             self._step.scratch = None
 
-    def __repr__(self) -> str:  # noqa: D105
+    def __repr__(self) -> str:
         return f"Optimizer({self.name}, lr={self.lr:g}, factors={[f'{f:.4g}' for f in self.factors]}, {self.hyper})"
 
 
