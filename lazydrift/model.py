@@ -3,8 +3,8 @@
 Every weight is drawn N(0, init_std^2) and every layer's output is multiplied by a fixed
 ``multiplier``; in Jacot et al.'s parameterization init_std = 1 and multiplier = 1/sqrt(fan_in),
 so that Sigma^(1)(x, x') = x^T x' / n0 (Definition 1) and the network's NTK converges to
-Theta_inf (Theorem 1).  Two other parameterizations are offered for comparison (``mup`` and
-``standard``); their scalings are listed in :func:`layer_scalings`.
+Theta_inf (Theorem 1).  Three other parameterizations are offered for comparison (``mup``,
+``standard`` and ``pytorch``); their scalings are listed in :func:`layer_scalings`.
 
 Module names are part of the public contract: the post-ReLU output of hidden layer ``k``
 (0-based) is the output of the submodule ``hidden.k``, so forward hooks can target it, and the
@@ -24,17 +24,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-PARAMETERIZATIONS = ("ntk", "mup", "standard")
+PARAMETERIZATIONS = ("ntk", "mup", "standard", "pytorch")
 INPUT_SCALES = ("fan_in", "embedding")
 
 
 @dataclass(frozen=True)
 class Scaling:
-    """How one layer is parameterized: y = multiplier * W x, W ~ N(0, init_std^2), lr * lr_scale."""
+    """How one layer is parameterized: y = multiplier * W x, W ~ N(0, init_std^2), lr * lr_scale.
+
+    ``init="uniform"`` draws W ~ U(-sqrt(3) init_std, sqrt(3) init_std) instead (same variance),
+    nn.Linear's default.  ``lr_scale`` is the layer's factor for SGD (with or without
+    momentum); Adam's factors are in :func:`lazydrift.optimizers.adam_lr_factors`.
+    """
 
     multiplier: float
     init_std: float
     lr_scale: float
+    init: str = "normal"
 
 
 def layer_scalings(parameterization: str, in_features: int, width: int, depth: int,
@@ -44,13 +50,13 @@ def layer_scalings(parameterization: str, in_features: int, width: int, depth: i
     With n the hidden width and d the input's fan-in (d is replaced by 1 when
     ``input_scale="embedding"``, the usual scale for one-hot token inputs):
 
-    ============  ====================  ======================  =====================
-    layer         ntk (Jacot et al.)    mup (Yang & Hu, TP4)    standard (PyTorch)
-    ============  ====================  ======================  =====================
-    input         1/sqrt(d), N(0,1), 1  1/sqrt(d), N(0,1), n    1, N(0,1/d), 1/n
-    hidden        1/sqrt(n), N(0,1), 1  1/sqrt(n), N(0,1), n    1, N(0,1/n), 1/n
-    readout       1/sqrt(n), N(0,1), 1  1/n,       N(0,1), n    1, N(0,1/n), 1/n
-    ============  ====================  ======================  =====================
+    ============  ====================  ======================  =================  ========================
+    layer         ntk (Jacot et al.)    mup (Yang & Hu, TP4)    standard           pytorch (nn.Linear)
+    ============  ====================  ======================  =================  ========================
+    input         1/sqrt(d), N(0,1), 1  1/sqrt(d), N(0,1), n    1, N(0,1/d), 1/n   1, U(+-1/sqrt(d)), 1 *
+    hidden        1/sqrt(n), N(0,1), 1  1/sqrt(n), N(0,1), n    1, N(0,1/n), 1/n   1, U(+-1/sqrt(n)), 1
+    readout       1/sqrt(n), N(0,1), 1  1/n,       N(0,1), n    1, N(0,1/n), 1/n   1, U(+-1/sqrt(n)), 1
+    ============  ====================  ======================  =================  ========================
 
     Each cell is (multiplier, init distribution, learning-rate factor).  The muP column is
     Yang & Hu's (2021) abc-parameterization for SGD (a = -1/2, 0, 1/2; b = 1/2; c = 0)
@@ -58,7 +64,11 @@ def layer_scalings(parameterization: str, in_features: int, width: int, depth: i
     it equals the NTK column with the readout divided by a further sqrt(n) and every
     learning rate multiplied by n.  The standard column uses the learning rate eta/n, the
     largest SGD scaling that stays stable as n grows (TP4, section 3), which places it in the
-    kernel regime.
+    kernel regime.  The pytorch column is what a PyTorch user writes by default: ``nn.Linear``
+    layers (kaiming_uniform_ with a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), variance
+    1/(3 fan_in)) trained with one unscaled learning rate.  (*) With ``input_scale="embedding"``
+    its input layer is ``nn.Embedding``'s default, N(0, 1), the table a PyTorch user writes for
+    token ids.
     """
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
@@ -74,10 +84,15 @@ def layer_scalings(parameterization: str, in_features: int, width: int, depth: i
         first = Scaling(1 / math.sqrt(d), 1.0, float(n))
         hidden = Scaling(1 / math.sqrt(n), 1.0, float(n))
         readout = Scaling(1 / n, 1.0, float(n))
-    else:  # standard
+    elif parameterization == "standard":
         first = Scaling(1.0, 1 / math.sqrt(d), 1 / n)
         hidden = Scaling(1.0, 1 / math.sqrt(n), 1 / n)
         readout = Scaling(1.0, 1 / math.sqrt(n), 1 / n)
+    else:  # pytorch: nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) has standard deviation 1/sqrt(3 fan_in)
+        first = (Scaling(1.0, 1.0, 1.0) if input_scale == "embedding"
+                 else Scaling(1.0, 1 / math.sqrt(3 * d), 1.0, "uniform"))
+        hidden = Scaling(1.0, 1 / math.sqrt(3 * n), 1.0, "uniform")
+        readout = Scaling(1.0, 1 / math.sqrt(3 * n), 1.0, "uniform")
     return [first] + [hidden] * (depth - 1) + [readout]
 
 
@@ -133,9 +148,66 @@ class _InputSGD(torch.autograd.Function):
         return None, None, None, None
 
 
+class _LinearStep(torch.autograd.Function):
+    """y = m * x @ W^T whose backward writes dL/dW into a reused buffer and calls step(W, grad).
+
+    ``step`` (see lazydrift.optimizers) owns the buffer (``step.buffer(weight)``) and applies
+    an optimizer update from it; no gradient tensor is allocated per step.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, multiplier, step):
+        ctx.save_for_backward(x, weight)
+        ctx.multiplier, ctx.step = multiplier, step
+        return scaled_mm(x, weight.t(), multiplier)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        m = ctx.multiplier
+        grad_x = scaled_mm(grad_out, weight, m) if ctx.needs_input_grad[0] else None  # W before the step
+        grad = ctx.step.buffer(weight)
+        torch.addmm(grad, grad_out.t(), x, beta=0, alpha=m, out=grad)  # dL/dW = m grad_out^T x, one pass
+        ctx.step(weight, grad)
+        return grad_x, None, None, None
+
+
+class _InputStep(torch.autograd.Function):
+    """First layer y = m * x W whose backward writes dL/dW into a reused buffer and calls step(W, grad)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, multiplier, step):
+        ctx.save_for_backward(x)
+        ctx.weight, ctx.multiplier, ctx.step = weight, multiplier, step
+        if torch.is_floating_point(x):
+            return scaled_mm(x, weight, multiplier)
+        return _lookup(x, weight, multiplier)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        grad = ctx.step.buffer(ctx.weight)
+        if torch.is_floating_point(x):
+            torch.addmm(grad, x.t(), grad_out, beta=0, alpha=ctx.multiplier, out=grad)
+        else:  # token ids: the rows of the batch's tokens, every other row 0
+            grad.zero_().index_add_(0, x.reshape(-1), grad_out.reshape(-1, grad_out.shape[-1]),
+                                    alpha=ctx.multiplier)
+        ctx.step(ctx.weight, grad)
+        return None, None, None, None
+
+
 def _lookup(ids: torch.Tensor, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
     rows = F.embedding(ids, weight)
     return rows if multiplier == 1.0 else rows.mul_(multiplier)
+
+
+def _draw(weight: torch.Tensor, scaling: Scaling, generator: torch.Generator | None) -> None:
+    with torch.no_grad():
+        if scaling.init == "uniform":  # the same draw as nn.init.kaiming_uniform_ with this bound
+            bound = math.sqrt(3.0) * scaling.init_std
+            weight.uniform_(-bound, bound, generator=generator)
+        else:
+            weight.normal_(0.0, scaling.init_std, generator=generator)
 
 
 class ScaledLinear(nn.Module):
@@ -145,16 +217,19 @@ class ScaledLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.multiplier, self.init_std, self.lr_scale = scaling.multiplier, scaling.init_std, scaling.lr_scale
+        self.scaling = scaling
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.sgd_lr: float | None = None  # set by lazydrift.train.fused_sgd
+        self.grad_step = None  # set by lazydrift.optimizers.Optimizer: an update applied inside backward
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        with torch.no_grad():
-            self.weight.normal_(0.0, self.init_std, generator=generator)
+        _draw(self.weight, self.scaling, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sgd_lr is not None and torch.is_grad_enabled():
             return _LinearSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
+        if self.grad_step is not None and torch.is_grad_enabled():
+            return _LinearStep.apply(x, self.weight, self.multiplier, self.grad_step)
         return scaled_mm(x, self.weight.t(), self.multiplier)
 
     def extra_repr(self) -> str:
@@ -174,16 +249,19 @@ class InputLayer(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, width
         self.multiplier, self.init_std, self.lr_scale = scaling.multiplier, scaling.init_std, scaling.lr_scale
+        self.scaling = scaling
         self.weight = nn.Parameter(torch.empty(in_features, width))
         self.sgd_lr: float | None = None
+        self.grad_step = None
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        with torch.no_grad():
-            self.weight.normal_(0.0, self.init_std, generator=generator)
+        _draw(self.weight, self.scaling, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sgd_lr is not None and torch.is_grad_enabled():
             return _InputSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
+        if self.grad_step is not None and torch.is_grad_enabled():
+            return _InputStep.apply(x, self.weight, self.multiplier, self.grad_step)
         if not torch.is_floating_point(x):
             return _lookup(x, self.weight, self.multiplier)
         return scaled_mm(x, self.weight, self.multiplier)
@@ -203,7 +281,8 @@ class NTKMLP(nn.Module):
         width: the hidden width n, the same for every hidden layer.
         out_features: output dimension.
         depth: number of hidden layers.
-        parameterization: ``"ntk"`` (default), ``"mup"`` or ``"standard"``; see :func:`layer_scalings`.
+        parameterization: ``"ntk"`` (default), ``"mup"``, ``"standard"`` or ``"pytorch"``; see
+            :func:`layer_scalings`.
         input_scale: ``"fan_in"`` divides the first layer by sqrt(in_features) as in
             Definition 1; ``"embedding"`` uses scale 1, so that a one-hot input gives O(1)
             pre-activations as an embedding table does.
