@@ -27,7 +27,8 @@ at inputs X" has one definition:
   of ``batch_size`` along its first dimension, floating tensors are cast to the model's
   floating dtype and everything is moved to the model's device.
 * **No side effects.** The pass runs in eval mode under ``torch.no_grad()`` and restores every
-  submodule's train/eval flag; it forks the RNG of every device in use
+  submodule's train/eval flag and every buffer (a forward that updates a moving average or a
+  counter whatever the mode leaves no trace); it forks the RNG of every device in use
   (``torch.random.fork_rng``) and seeds it with ``seed``, so the caller's RNG does not move and
   a model that samples noise in its forward sees the same noise on every pass; its forward
   hooks exist only while it runs, so nothing is left on the model.
@@ -177,12 +178,34 @@ def own_rng(devices: Sequence[torch.device], seed: int | None) -> Iterator[None]
 
 
 @contextlib.contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Every buffer of ``model`` holds its entry value again on exit.
+
+    Eval mode stops batch norm from updating its statistics, but a forward pass may update
+    other buffers whatever the mode (an exponential moving average, a step counter, a cache);
+    a measurement pass must leave no trace of them in training.  Buffers changed in place are
+    copied back and buffers the forward reassigned are put back.
+    """
+    saved = [(module, name, buffer, buffer._version, buffer.detach().clone())
+             for module in model.modules() for name, buffer in module._buffers.items() if buffer is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, name, buffer, version, value in saved:
+                module._buffers[name] = buffer
+                if buffer._version != version:
+                    buffer.copy_(value)
+
+
+@contextlib.contextmanager
 def eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad inside; every submodule's own train/eval flag restored after."""
+    """Eval mode and no grad inside; every submodule's own train/eval flag and every buffer
+    (:func:`preserved_buffers`) restored after."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), preserved_buffers(model):
             yield
     finally:
         for module, mode in modes:

@@ -418,3 +418,40 @@ def test_the_callers_probes_can_change_in_place():
         x.normal_()  # the caller reuses its buffer while the recorder runs
         rec.record(1)
     assert (rec.frame().l2 == 0).all()
+
+
+class MovingAverage(nn.Module):
+    """Updates a moving average and a counter in every forward pass, in train and eval mode alike,
+    after using the average in its output (buffers the probe and kernel passes must not move; each
+    probe's output still depends on that probe alone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)
+        self.register_buffer("average", torch.zeros(16))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        h = self.act(self.fc1(x))
+        out = self.fc2(h - self.average)
+        self.average.mul_(0.5).add_(0.5 * h.detach().mean(0))
+        self.calls += 1
+        return out
+
+
+def test_buffers_updated_in_every_forward_train_bit_identically_with_and_without_the_recorder():
+    torch.manual_seed(0)
+    a = MovingAverage()
+    b = copy.deepcopy(a)
+    probes = torch.randn(6, 4)
+    torch.manual_seed(123)
+    with DriftRecorder(a, layers=["act"], probes=probes, ntk_probes=4) as rec:  # probe and kernel passes
+        rec.record(0)
+        _train_noisy(a, rec)
+    torch.manual_seed(123)
+    _train_noisy(b)
+    # the reference is the same training without any probe pass: four forward passes, same weights
+    assert int(b.calls) == 4 and int(a.calls) == 4
+    torch.testing.assert_close(a.average, b.average, rtol=0, atol=0)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
