@@ -109,7 +109,7 @@ class DriftRecorder:
         if not isinstance(probe_batch_size, int) or isinstance(probe_batch_size, bool) or probe_batch_size < 1:
             raise ValueError(f"probe_batch_size must be >= 1, got {probe_batch_size!r}")
         self.model = model
-        self._stat_dtype = torch.float64 if model_float_dtype(root) == torch.float64 else torch.float32
+        self._stat_dtype = _statistics_dtype(root)
         self._extractor = FeatureExtractor(model, layers, select=select, batch_size=probe_batch_size,
                                            dtype=self._stat_dtype, flatten=True, stop_early=stop_early)
         if probes is None:
@@ -266,6 +266,12 @@ class DriftRecorder:
 
     # -- probe passes ---------------------------------------------------------------------------
     def _probe_pass(self, check: bool = False) -> dict[str, torch.Tensor]:
+        root = unwrap(self.model)[0]
+        # The model may have been moved or cast (model.to(...), .double()) since the recorder was
+        # built: the probes follow it, and so does the statistics' dtype until h_0 is captured.
+        self.probes = self.probes.to(model_device(root), model_float_dtype(root))
+        if not self.h0:
+            self._stat_dtype = self._extractor.dtype = _statistics_dtype(root)
         hs = self._extractor(self.probes, check=check)
         self._layers = list(hs)
         return hs
@@ -302,6 +308,8 @@ class DriftRecorder:
         self._check_gram_budget(len(hs), 1, f"record({step})", RuntimeError)
         l2_by_layer = {}
         for name, h in hs.items():
+            if self.h0[name].device != h.device:  # the model moved after h_0 was captured
+                self.h0[name] = self.h0[name].to(h.device)
             h0 = self.h0[name]
             if h.shape != h0.shape:
                 raise RuntimeError(f"record({step}): layer {name} gives {tuple(h.shape)} but h_0 is "
@@ -451,6 +459,11 @@ class DriftRecorder:
         self._steps = [int(s) for s in steps] if steps is not None else list(dict.fromkeys(b["step"] for b in self._drift))
         self._neurons = {name: (int(step), a.numpy(), b.numpy()) for name, (step, a, b) in state["neurons"].items()}
         self._restored = True
+
+
+def _statistics_dtype(model: nn.Module) -> torch.dtype:
+    """float64 for a float64 model, else float32 (bfloat16 and float16 models included)."""
+    return torch.float64 if model_float_dtype(model) == torch.float64 else torch.float32
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -297,6 +297,23 @@ def test_float64_probes_on_a_float32_model():
         assert_drift(rec, 1, "1", torch.tanh(model[0](x.float())), h0)
 
 
+
+def test_the_probes_follow_a_model_cast_after_the_recorder_was_built():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    x = torch.randn(5, 4)
+    rec = DriftRecorder(model, layers=["1"], probes=x)  # built on the float32 model
+    model.double()
+    with torch.no_grad():
+        h0 = torch.tanh(model[0](x.double()))
+    with rec:
+        assert rec.h0["1"].dtype == torch.float64  # the statistics of a float64 model are float64
+        torch.testing.assert_close(rec.h0["1"], h0, rtol=0, atol=0)
+        sgd_step(model, model(torch.randn(8, 4, dtype=torch.float64)).pow(2).mean(), lr=0.5)
+        rec.record(1)
+    with torch.no_grad():
+        assert_drift(rec, 1, "1", torch.tanh(model[0](x.double())), h0)
+
 # -- wrappers ----------------------------------------------------------------------------------------
 def test_data_parallel_on_cpu_takes_the_users_names_and_pickles_inside_the_block():
     torch.manual_seed(0)
