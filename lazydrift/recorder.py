@@ -66,8 +66,8 @@ class DriftRecorder:
             each with the probes along its first dimension.  The recorder keeps its own copy,
             floating tensors cast to the model's floating dtype.
         pairs: Gram trajectories to record: ``"all"`` (every pair i < j), an integer k (every
-            pair among the first k probes), a list of (i, j) probe-index pairs, ``None``
-            (none), or ``"auto"`` (all pairs when there are at most 256 probes, else none).
+            pair among the first k probes), a list of (i, j) integer probe-index pairs,
+            ``None`` or ``[]`` (none), or ``"auto"`` (all pairs when there are at most 256 probes, else none).
         probe_batch_size: probes per forward pass.
         stop_early: end each probe pass once the recorded layers have produced their outputs.
         select: layer name -> function from the module's output to a probes-first tensor
@@ -192,7 +192,13 @@ class DriftRecorder:
             if not 2 <= pairs <= self.n_probes:
                 raise ValueError(f"pairs={pairs}: all pairs of the first k probes needs 2 <= k <= {self.n_probes}")
             return metrics.all_pairs(int(pairs))
-        arr = np.asarray(list(pairs), dtype=np.int64)
+        try:  # integers only: np.asarray(..., dtype=int64) would truncate (0.5, 1.7) to (0, 1) silently
+            rows = [tuple(operator.index(v) for v in pair) for pair in pairs]
+        except TypeError:
+            raise TypeError(f"pairs must be a list of (i, j) pairs of integer probe indices; got {pairs!r}") from None
+        if not rows:
+            return None  # an empty list: no pairs
+        arr = np.asarray(rows, dtype=np.int64)
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise ValueError("pairs must be a list of (i, j) probe-index pairs")
         if arr.size and (arr.min() < 0 or arr.max() >= self.n_probes):

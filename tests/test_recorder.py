@@ -246,6 +246,23 @@ def test_a_step_is_recorded_once_and_is_an_integer():
     assert rec.summary().query("step == 3 and measure == 'l2'").n_probes.item() == 10
 
 
+
+def test_pairs_are_integer_probe_indices():
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU())
+    x = torch.randn(4, 3)
+    for bad in ([(0.5, 1.7)], [(0, 1.0)], [("0", "1")]):  # never truncated to (0, 1)
+        with pytest.raises(TypeError, match="integer probe indices"):
+            DriftRecorder(model, layers=["1"], probes=x, pairs=bad)
+    assert DriftRecorder(model, layers=["1"], probes=x, pairs=[]).pairs is None
+    rec = DriftRecorder(model, layers=["1"], probes=x, pairs=[(np.int64(3), 0), torch.tensor([2, 1])])
+    with rec:
+        rec.record(0)
+    g = rec.gram_frame()
+    with torch.no_grad():
+        h = model(x).double()
+    assert g[["i", "j"]].values.tolist() == [[3, 0], [2, 1]]
+    np.testing.assert_allclose(g.inner, [h[3] @ h[0], h[2] @ h[1]], rtol=1e-12)
+
 def test_memory_guard_refuses_with_the_estimate():
     model = NTKMLP(5000, 8, 2, seed=0)
     with pytest.raises(ValueError, match=r"would store 12,497,500 Gram rows \(12,497,500 probe pairs x 1 layer.*"
