@@ -433,8 +433,8 @@ def _check_batch_independence(model: nn.Module, x: torch.Tensor, out: torch.Tens
     outputs at O(1).
     """
     n = x.shape[0]
-    if n < 2:
-        return
+    if n < 2 or not torch.isfinite(out).all():
+        return  # a diverged network (inf or NaN outputs) has a non-finite kernel, not a batch-mixing one
     k = min(2, n - 1)
     hooks.batch, hooks.capture = k, False
     try:

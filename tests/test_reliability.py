@@ -296,15 +296,24 @@ def test_an_unexpected_error_keeps_its_traceback_and_is_recorded(tmp_path, capsy
     assert record["status"] == "failed" and record["error"] == "ZeroDivisionError: stopped by the test"
 
 
-def test_divergence_stops_with_a_clear_message(tmp_path, capsys, one_thread):
+@pytest.mark.parametrize("lr, kernel", [("1e8", False), ("1e7", True)])
+def test_divergence_stops_with_a_clear_message(tmp_path, capsys, one_thread, lr, kernel):
+    # with the kernel on, lr 1e7 gives an infinite kernel at the step where the weights blow up (the
+    # loss was still finite before the update); its statistics are NaN, the run is "diverged"
     out = tmp_path / "out"
-    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", "train.lr=1e8")
+    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", f"train.lr={lr}",
+                    "--set", f"record.ntk={str(kernel).lower()}", "--set", "model.widths=[16]")
     assert code == 3
-    assert "training diverged at step" in one_line(err) and "learning rate 100000000.0" in err
+    assert "training diverged at step" in one_line(err) and f"learning rate {float(lr)}" in err
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "diverged" and "diverged at step" in record["error"]
     assert len(pd.read_csv(out / "drift.csv")) > 0  # the rows recorded before the divergence are kept
     assert not list(out.glob("cells/*/checkpoint.pt"))  # a diverged cell is final
+    if kernel:
+        ntk = pd.read_csv(out / "ntk.csv")
+        assert ntk.rel_change.iloc[0] == 0 and ntk.eig_max.iloc[0] > 0  # Theta_0 is finite
+        last = ntk.iloc[-1]  # the diverged step: no number is the right number
+        assert last[["rel_change", "cosine", "eig_max"]].isna().all()
 
 
 def test_missing_data_is_one_line(tmp_path, capsys, one_thread):
