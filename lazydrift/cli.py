@@ -11,10 +11,13 @@ run ended.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+
+from .errors import UserError
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -42,7 +45,9 @@ def cmd_run(args) -> int:
     if args.download:
         overrides.append("data.download=true")
     recipe = load_recipe(args.recipe, overrides)
-    out = Path(args.out) if args.out else Path("results") / recipe.name
+    if args.out is not None and not args.out.strip():  # Path("") would be the current folder
+        raise UserError("--out is empty: give a folder, or leave --out out for results/<recipe name>")
+    out = Path(args.out) if args.out is not None else default_out(recipe)
     shard = resolve_shard(args.shard)  # --shard i/N, torchrun's RANK/WORLD_SIZE or a Slurm array
     if shard is not None:
         bind_local_device()
@@ -59,6 +64,15 @@ def cmd_run(args) -> int:
     if run["status"] == "diverged":
         return _error(run.get("error", "diverged"), EXIT_DIVERGED)
     return 0
+
+
+def default_out(recipe) -> Path:
+    """``results/<name>``, for a name that is one folder name (not ``../x``, ``a/b`` or ``/abs``)."""
+    name = recipe.name
+    if name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise UserError(f"{recipe.path}: name {name!r} is not a folder name, and results/<name>/ is where the run "
+                        "would go; use a name without '/' (or '.', '..') or pass --out")
+    return Path("results") / name
 
 
 def cmd_plot(args) -> int:
@@ -135,7 +149,6 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import UserError
     from .text8 import DataNotFoundError  # and its subclass CorruptDataError: the message says how to fix it
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -72,6 +72,13 @@ def check_kernel(recipe: Recipe) -> None:
 # -- the output folder ----------------------------------------------------------------------------
 def check_out(out: Path) -> None:
     """``out`` is a folder (or can be created) that this process can write, and not someone else's."""
+    try:
+        _check_out(out)
+    except OSError as e:  # a name too long for the filesystem, a loop of symbolic links, ...
+        raise RunDirError(f"--out {out}: {e.strerror or e}; choose another --out") from None
+
+
+def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out}: exists and is not a folder; choose another --out")
     existing = next(p for p in (out, *out.parents) if p.exists())

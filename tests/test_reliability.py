@@ -462,3 +462,18 @@ def test_random_recipes_raise_only_recipe_errors(entries):
         recipe_from_dict(raw, "random.toml")
     except RecipeError as e:
         assert str(e).startswith("random.toml: ") and "\n" not in str(e)
+
+
+def test_odd_out_folders_and_recipe_names_are_one_line(tmp_path, capsys, one_thread, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out is results/<name>, relative to the working folder
+    recipe = write_tiny(tmp_path / "r.toml")
+    for args, message in (
+        (["--out", "x" * 300], "File name too long"),       # was an OSError traceback (exit 1)
+        (["--out", ""], "--out is empty"),                   # was silently results/tiny
+        (["--set", "name='../escaped'"], "is not a folder name"),  # was written to ../escaped, outside results/
+        (["--set", f"name='{tmp_path / 'abs'}'"], "is not a folder name"),  # was written to that absolute path
+        (["--set", "name='..'"], "is not a folder name"),
+    ):
+        code, err = run(capsys, "run", recipe, "--quiet", *args)
+        assert code == 2 and message in one_line(err), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]  # nothing was created
