@@ -477,3 +477,14 @@ def test_odd_out_folders_and_recipe_names_are_one_line(tmp_path, capsys, one_thr
         code, err = run(capsys, "run", recipe, "--quiet", *args)
         assert code == 2 and message in one_line(err), args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]  # nothing was created
+
+
+@pytest.mark.parametrize("setting, message", [("model.widths=[32, 64, 32]", "[model] widths lists 32 more than once"),
+                                              ("seeds=[1, 0, 1]", "seeds lists 1 more than once"),
+                                              ("model.parameterization=['ntk', 'ntk']", "parameterization lists ntk")])
+def test_a_cell_listed_twice_is_refused(tmp_path, capsys, one_thread, setting, message):
+    # it used to run: the same cell trained twice into one folder (exit 0, twice the time)
+    out = tmp_path / "out"
+    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", setting)
+    assert code == 2 and message in one_line(err)
+    assert not out.exists()
