@@ -78,12 +78,16 @@ def default_out(recipe) -> Path:
 def cmd_plot(args) -> int:
     from .plots import plot_results
 
+    skipped: list[str] = []
     try:
-        written = plot_results(args.results)
-    except FileNotFoundError as e:
-        return _error(str(e))
+        written = plot_results(args.results, skipped)
+    except OSError as e:  # a read-only folder, a full disk
+        return _error(f"{args.results}: cannot write the figures there ({e.strerror or e}); "
+                      "copy the folder somewhere writable and plot the copy")
     for path in written:
         print(f"lazydrift: wrote {path}")
+    for reason in skipped:
+        print(f"lazydrift: skipped {reason}")
     return 0
 
 

@@ -284,13 +284,13 @@ def stored_layers(out: Path, present=()) -> list[str]:
 
 
 def forward_order(names) -> list[str]:
-    """NTKMLP's forward order of module names (``hidden.k`` by k as a number, then ``readout``);
-    only for results that do not store their order."""
+    """NTKMLP's forward order of module names (``hidden.k`` by k as a number, then ``readout``), other
+    names after them in the order given; only for results that do not store their order."""
     def key(name: str):
         parts = name.split(".")
         if parts[0] == "hidden" and all(p.isdigit() for p in parts[1:]) and len(parts) > 1:
             return (0, *map(int, parts[1:]))
-        return (1, name) if name == "readout" else (2, name)
+        return (1,) if name == "readout" else (2,)  # sorted() is stable: the given order is kept
     return sorted(dict.fromkeys(names), key=key)
 
 
