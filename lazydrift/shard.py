@@ -24,7 +24,6 @@ shard ``a * W + r`` of ``A * W``.  No process group is created: shards never com
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -156,9 +155,9 @@ def merge(out, sources=()) -> dict:
                 raise ShardError(f"cell {folder.name} is in both {seen[folder.name].parent} and {folder.parent}; "
                                  "remove one copy before merging")
             seen[folder.name] = folder
-        records = [json.loads(p.read_text()) for d in dirs for p in sorted(d.glob("shard-*-of-*.json"))]
+        records = [rundir.read_json(p) for d in dirs for p in sorted(d.glob("shard-*-of-*.json"))]
         if not records:
-            records = [json.loads((d / rundir.RUN_FILE).read_text()) for d in dirs if (d / rundir.RUN_FILE).is_file()]
+            records = [rundir.read_json(d / rundir.RUN_FILE) for d in dirs if (d / rundir.RUN_FILE).is_file()]
         info = next((r["data"] for r in records if r.get("data")), {})
         rundir.write_recipe(out, recipe)
         rundir.clear(out, cells=False)
@@ -185,7 +184,7 @@ def merged_recipe(dirs: list[Path]) -> Recipe:
     found = []
     for d in dirs:
         if (d / rundir.RECIPE_FILE).is_file():
-            found.append((d, rundir.stored_recipe(d)[0], json.loads((d / rundir.RECIPE_FILE).read_text())["recipe"]))
+            found.append((d, rundir.stored_recipe(d)[0], rundir.read_json(d / rundir.RECIPE_FILE)["recipe"]))
         elif rundir.has_results(d):
             raise ShardError(f"{d} holds results without a {rundir.RECIPE_FILE} (written by an older lazydrift); "
                              "rerun its shards or leave it out")

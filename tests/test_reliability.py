@@ -488,3 +488,26 @@ def test_a_cell_listed_twice_is_refused(tmp_path, capsys, one_thread, setting, m
     code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", setting)
     assert code == 2 and message in one_line(err)
     assert not out.exists()
+
+
+def test_a_damaged_record_is_one_line(earlier, capsys, one_thread):
+    # records are written atomically, so one that does not parse was changed later; each was a
+    # JSONDecodeError or AttributeError traceback (exit 1)
+    recipe, out, _ = earlier
+    cell_json = next(out.glob("cells/*/cell.json"))
+    cell_json.write_text("")
+    before = snapshot(out)
+    for args in (["run", recipe, "--out", out, "--quiet", "--resume"], ["merge", out]):
+        code, err = run(capsys, *args)
+        assert code == 2 and f"{cell_json} cannot be read (not JSON" in one_line(err), args
+        assert snapshot(out) == before
+    cell_json.unlink()  # as the message says: the cell runs again
+    code, _ = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+    assert code == 0 and json.loads(cell_json.read_text())["status"] == "completed"
+
+    (out / "recipe.json").write_text('{"recipe": 5}')
+    code, err = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+    assert code == 2 and "recipe.json cannot be read (its recipe is a JSON int" in one_line(err)
+    (out / "run.json").write_text("[1, 2]")
+    code, err = run(capsys, "plot", out)
+    assert code == 2 and "run.json cannot be read (a JSON list, not an object)" in one_line(err)
