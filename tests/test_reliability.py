@@ -511,3 +511,23 @@ def test_a_damaged_record_is_one_line(earlier, capsys, one_thread):
     (out / "run.json").write_text("[1, 2]")
     code, err = run(capsys, "plot", out)
     assert code == 2 and "run.json cannot be read (a JSON list, not an object)" in one_line(err)
+
+
+def test_a_damaged_checkpoint_is_one_line(earlier, capsys, one_thread):
+    from lazydrift.checkpoint import Checkpointer, DamagedCheckpointError
+    from lazydrift.recipes import load_recipe
+
+    recipe, out, _ = earlier
+    cell_dir = next(out.glob("cells/*/"))
+    (cell_dir / "cell.json").unlink()  # an unfinished cell, whose checkpoint --resume reads first
+    r = load_recipe(recipe)
+    checkpointer = Checkpointer(cell_dir, r, next(c for c in r.cells() if c.name == cell_dir.name))
+    checkpointer.save({"step": 1})
+    whole = checkpointer.path.read_bytes()
+    for content, problem in ((b"", "an empty file"), (whole[: len(whole) // 2], "zip archive")):
+        checkpointer.path.write_bytes(content)  # was a RuntimeError traceback from torch.load (exit 1)
+        code, err = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+        assert code == 2 and f"{checkpointer.path} cannot be read (" in one_line(err) and problem in err
+        assert "delete it to run that cell again" in err
+        with pytest.raises(DamagedCheckpointError, match=problem):  # the training loop's loader says the same
+            checkpointer.load()
