@@ -231,6 +231,14 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
+def _integer_ranges(batch: Batch) -> str:
+    """", ids in [lo, hi]" for each integer tensor of ``batch`` (token ids out of range are a common cause)."""
+    ranges = [f"[{int(t.min())}, {int(t.max())}]" for t in (*batch.args, *batch.kwargs.values())
+              if isinstance(t, torch.Tensor) and t.numel() and not t.is_floating_point() and not t.is_complex()
+              and t.dtype != torch.bool]
+    return f", integer values in {', '.join(ranges)}" if ranges else ""
+
+
 # -- the extractor -----------------------------------------------------------------------------------
 class FeatureExtractor:
     """Chosen layers' outputs of ``model`` for any inputs (see the module docstring).
@@ -399,11 +407,18 @@ class FeatureExtractor:
                     targets = self._targets()
                     state.update(start=start, size=size, counts={}, captured=set(), stop=targets is not None,
                                  remaining=set(targets or ()))
+                    chunk = batch.rows(slice(start, start + size))
                     try:
-                        batch.rows(slice(start, start + size))(self.root)
+                        chunk(self.root)
                         finished = True
                     except _StopForward:
                         finished = False
+                    except Exception as e:  # the model's own error ("index out of range in self"): say where
+                        if hasattr(e, "add_note"):  # Python >= 3.11
+                            e.add_note(f"lazydrift: raised in a pass of the model (eval mode, no grad) on inputs "
+                                       f"{start} to {start + size - 1} of {batch.n}: {chunk.describe()}"
+                                       + _integer_ranges(chunk))
+                        raise
                     if finished:
                         self._learn_calls(state["counts"], plain)
                     missing = [t for t in self._targets() if t not in state["captured"]]

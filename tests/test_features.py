@@ -1,5 +1,7 @@
 """lazydrift.features: the one feature extractor, checked against the modules called by hand."""
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -139,3 +141,14 @@ def test_inputs_of_different_lengths_are_refused():
         extract_features(Two(), (torch.randn(3, 2), torch.randn(4, 2)), ["act"])
     with pytest.raises(ValueError, match=r"inputs\['b'\] is a 0-d tensor"):
         extract_features(Two(), {"a": torch.randn(3, 2), "b": torch.tensor(1.0)}, ["act"])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_an_error_of_the_model_says_which_inputs_it_was_given():
+    # nn.Embedding's own message, "index out of range in self", names neither the probes nor the id
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+    ids = torch.tensor([0, 3, 7, -1, 2])
+    with pytest.raises(IndexError) as e:
+        extract_features(model, ids, ["1"], batch_size=3)  # the second chunk holds the -1
+    assert e.value.__notes__ == ["lazydrift: raised in a pass of the model (eval mode, no grad) on inputs 3 to 4 of "
+                                 "5: (2,) int64, integer values in [-1, 2]"]
