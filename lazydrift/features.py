@@ -271,7 +271,10 @@ class FeatureExtractor:
         requests = [self._resolve(name) for name in dict.fromkeys(layers)]
         unknown = [name for name, r in zip(dict.fromkeys(layers), requests) if r is None]
         if unknown:
-            raise ValueError(f"unknown layer name(s) {unknown}; available: {', '.join(self.available())}")
+            hint = ("; to record the model's own output, wrap it: nn.Sequential(model) and layer '0'"
+                    if "" in unknown or not self.available() else "")
+            available = ", ".join(self.available()) or "none (the model has no submodules)"
+            raise ValueError(f"unknown layer name(s) {unknown}; available: {available}{hint}")
         if not requests:
             raise ValueError("layers= must name at least one module")
         self._requests: list[tuple[str, int | None]] = list(dict.fromkeys(requests))

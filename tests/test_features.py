@@ -127,6 +127,14 @@ def test_unknown_names_list_the_available_ones():
         extract_features(SharedTwice(), torch.randn(2, 3), ["shared#x"])
     with pytest.raises(ValueError, match="select= names 'inp'"):
         extract_features(SharedTwice(), torch.randn(2, 3), ["shared"], select={"inp": lambda o: o})
+    # a model without submodules (an nn.GRU, an nn.Linear) listed nothing after "available:"
+    with pytest.raises(ValueError, match=r"available: none \(the model has no submodules\); to record the model's "
+                                         r"own output, wrap it: nn.Sequential\(model\) and layer '0'"):
+        extract_features(nn.Linear(3, 2), torch.randn(2, 3), [""])
+    x = torch.randn(2, 3)
+    model = nn.Linear(3, 2)
+    torch.testing.assert_close(extract_features(nn.Sequential(model), x, ["0"])["0"], model(x).detach(),
+                               rtol=0, atol=0)  # the hint works
 
 
 def test_inputs_of_different_lengths_are_refused():
