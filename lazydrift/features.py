@@ -277,6 +277,12 @@ class FeatureExtractor:
             raise ValueError(f"unknown layer name(s) {unknown}; available: {available}{hint}")
         if not requests:
             raise ValueError("layers= must name at least one module")
+        containers = [m for m, _ in requests if isinstance(self._modules[m], (nn.ModuleList, nn.ModuleDict))]
+        if containers:  # they hold modules but never run themselves, so no hook on them ever fires
+            name = containers[0]
+            children = [f"{name}.{child}" for child, _ in self._modules[name].named_children()]
+            raise ValueError(f"layer {name} is an nn.{type(self._modules[name]).__name__}, a container that never runs "
+                             f"itself; record its elements: {', '.join(children) or '(it is empty)'}")
         self._requests: list[tuple[str, int | None]] = list(dict.fromkeys(requests))
         self._select: dict[tuple[str, int | None], Select] = {}
         for name, fn in (select or {}).items():

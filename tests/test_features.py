@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lazydrift import extract_features
+from lazydrift import NTKMLP, extract_features
 from lazydrift.features import FeatureExtractor
 
 
@@ -127,6 +127,10 @@ def test_unknown_names_list_the_available_ones():
         extract_features(SharedTwice(), torch.randn(2, 3), ["shared#x"])
     with pytest.raises(ValueError, match="select= names 'inp'"):
         extract_features(SharedTwice(), torch.randn(2, 3), ["shared"], select={"inp": lambda o: o})
+    # a ModuleList never runs itself: it was "did not run during the model's forward pass"
+    with pytest.raises(ValueError, match=r"layer hidden is an nn.ModuleList, a container that never runs itself; "
+                                         r"record its elements: hidden.0, hidden.1"):
+        extract_features(NTKMLP(5, 4, 3), torch.arange(5), ["hidden"])
     # a model without submodules (an nn.GRU, an nn.Linear) listed nothing after "available:"
     with pytest.raises(ValueError, match=r"available: none \(the model has no submodules\); to record the model's "
                                          r"own output, wrap it: nn.Sequential\(model\) and layer '0'"):
