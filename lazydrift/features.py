@@ -146,7 +146,8 @@ class Batch:
         """Moved to ``device``, floating tensors cast to ``float_dtype``; ``copy`` forces a private copy."""
         def move(t):
             dtype = float_dtype if (float_dtype is not None and t.is_floating_point()) else t.dtype
-            return t.to(device=device, dtype=dtype, copy=copy)
+            # detached: inputs are data; a copy of an input that requires grad would keep the caller's graph
+            return t.detach().to(device=device, dtype=dtype, copy=copy)
         return self._map(move)
 
     def rows(self, index) -> "Batch":

@@ -472,3 +472,19 @@ def test_buffers_updated_in_every_forward_train_bit_identically_with_and_without
     torch.testing.assert_close(a.average, b.average, rtol=0, atol=0)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_probes_that_require_grad_are_copied_as_data():
+    # the recorder's copy kept an autograd link to the caller's tensor: deepcopy(rec) failed
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+    x = torch.randn(5, 4, requires_grad=True)
+    rec = DriftRecorder(model, layers=["1"], probes=x)
+    assert not rec.probes.single.requires_grad and rec.probes.single.grad_fn is None
+    twin = copy.deepcopy(rec)
+    with torch.no_grad():
+        h0 = torch.tanh(model[0](x))
+    for r in (rec, twin):
+        with r:
+            torch.testing.assert_close(r.h0["1"], h0, rtol=0, atol=0)
+    assert x.grad is None
