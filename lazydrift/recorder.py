@@ -312,7 +312,9 @@ class DriftRecorder:
         if set(hs) != set(self.h0):
             raise RuntimeError(f"record({step}): the probe pass gives layers {list(hs)} but h_0 holds {list(self.h0)}")
         self._check_gram_budget(len(hs), 1, f"record({step})", RuntimeError)
-        l2_by_layer = {}
+        # Everything is computed before anything is stored: a failure part way (a stats= function,
+        # the kernel, Ctrl-C) leaves no rows of this step, so record(step) can simply be called again.
+        drift, gram, neurons, l2_by_layer = [], [], {}, {}
         for name, h in hs.items():
             if self.h0[name].device != h.device:  # the model moved after h_0 was captured
                 self.h0[name] = self.h0[name].to(h.device)
@@ -324,14 +326,17 @@ class DriftRecorder:
             block = {"step": step, "layer": name, "l2": _numpy(l2), "linf": _numpy(linf), "ratio": _numpy(ratio)}
             for stat, fn in self.stats.items():
                 block[stat] = self._stat(stat, fn, h, h0)
-            self._drift.append(block)
+            drift.append(block)
             l2_by_layer[name] = block["l2"]
-            self._neurons[name] = (step, _numpy(mean_abs), _numpy(max_abs))
+            neurons[name] = (step, _numpy(mean_abs), _numpy(max_abs))
             if self.pairs is not None:
                 i, j = (torch.as_tensor(a, device=h.device) for a in self.pairs)
-                self._gram.append({"step": step, "layer": name, **metrics.gram_terms(h0, h, i, j)})
+                gram.append({"step": step, "layer": name, **metrics.gram_terms(h0, h, i, j)})
         if self._kernel is not None:
-            self._kernel_pass(step)
+            self._kernel_pass(step)  # the last step that can fail; it stores its row only on success
+        self._drift += drift
+        self._gram += gram
+        self._neurons.update(neurons)
         self._steps.append(step)
         return l2_by_layer
 

@@ -352,3 +352,29 @@ def test_fused_sgd_without_with_trains():
     assert a.readout.sgd_lr is None
     with pytest.raises(ValueError, match="lazydrift layers"):
         fused_sgd(nn.Linear(2, 2), 0.1)
+
+
+def test_a_record_that_fails_part_way_stores_nothing():
+    # a stats= function failing on the second layer left the first layer's rows of that step behind,
+    # and calling record(step) again after fixing it duplicated them
+    model = NTKMLP(10, 8, 3, depth=2, seed=0)
+    calls = []
+
+    def fails_once_on_the_second_layer(h, h0):
+        calls.append(1)
+        if len(calls) == 4:  # records 0: calls 1, 2; record 1: call 3 (hidden.0), 4 (hidden.1)
+            raise ZeroDivisionError("a bug in the user's statistic")
+        return h.abs().mean(dim=1)
+
+    rec = DriftRecorder(model, layers=["hidden.0", "hidden.1"], probes=torch.arange(10), ntk_probes=4,
+                        stats={"size": fails_once_on_the_second_layer})
+    with rec:
+        rec.record(0)
+        with pytest.raises(ZeroDivisionError):
+            rec.record(1)
+        rec.record(1)
+    f = rec.frame()
+    assert f.groupby(["step", "layer"]).size().to_dict() == {(s, layer): 10 for s in (0, 1)
+                                                            for layer in ("hidden.0", "hidden.1")}
+    assert rec.gram_frame().groupby("step").size().to_dict() == {0: 2 * 45, 1: 2 * 45}
+    assert rec.kernel_frame().step.tolist() == [0, 1]
