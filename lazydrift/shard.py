@@ -126,7 +126,7 @@ def bind_local_device(env: Mapping[str, str] | None = None) -> None:
 def merge(out, sources=()) -> dict:
     """Combine the cells under ``out`` and ``sources`` into ``out``'s top-level files; returns run.json.
 
-    Every folder must belong to the same recipe (their recipe.json and every cell's fingerprint);
+    ``out`` may be a new folder when ``sources`` are given.  Every folder must belong to the same recipe (their recipe.json and every cell's fingerprint);
     anything else is refused with one line naming the keys that differ.  Cells of the recipe
     that are missing are listed in run.json's ``missing_cells`` (status ``incomplete``); a cell
     found in two folders is an error.  ``out`` is locked like a run: no run or merge may write
@@ -138,6 +138,8 @@ def merge(out, sources=()) -> dict:
         if d.resolve() not in [x.resolve() for x in dirs]:
             dirs.append(d)
     for d in dirs:
+        if d is out and sources and not out.exists():
+            continue  # a new folder for the merged sweep (created under the lock)
         if not d.is_dir():
             raise ShardError(f"{d}: no such folder")
     with rundir.lock(out):
