@@ -200,6 +200,8 @@ def plot_results(results_dir: str | Path, skipped: list[str] | None = None) -> l
     d = Path(results_dir)
     skipped = [] if skipped is None else skipped
     if not (d / "summary.csv").is_file():
+        if any(d.glob("cells/*/summary.csv")):  # shards write their cells only
+            raise PlotError(f"{d}: its cells are not combined yet (no summary.csv); run `lazydrift merge {d}` first")
         raise PlotError(f"{d}: no summary.csv here; run `lazydrift run RECIPE --out {d}` first")
     summary = _read(d / "summary.csv", ("layer", "step", "measure", "mean", "std"))
     layer = _layer_order(d, summary)[-1]

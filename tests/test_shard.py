@@ -229,6 +229,8 @@ def test_merge_into_a_new_folder(tmp_path, monkeypatch, capsys, one_thread):
     assert cli.main(["run", str(recipe), "--out", str(b), "--shard", "1/2", "--quiet"]) == 0
     assert cli.main(["run", str(recipe), "--out", str(whole), "--quiet"]) == 0
     capsys.readouterr()
+    assert cli.main(["plot", str(a)]) == 2  # a shard's folder holds cells only
+    assert "cells are not combined yet (no summary.csv); run `lazydrift merge" in capsys.readouterr().err
     assert cli.main(["merge", str(fresh)]) == 2  # alone it has nothing to merge
     assert "fresh: no such folder" in capsys.readouterr().err
     assert cli.main(["merge", str(fresh), str(a), str(b)]) == 0
