@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _continue(args) -> str:
+    """How to pick up after an interrupt: only a run has anything to resume."""
+    return "; continue with --resume" if args.command == "run" else ""
+
+
 def _terminate(signum, frame):
     raise Terminated("terminated by SIGTERM")
 
@@ -166,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DataNotFoundError) as e:
         return _error(str(e))
     except Terminated:
-        return _error("terminated (SIGTERM); continue with --resume", EXIT_TERMINATED)
+        return _error(f"terminated (SIGTERM){_continue(args)}", EXIT_TERMINATED)
     except KeyboardInterrupt:
-        return _error("interrupted; continue with --resume", EXIT_INTERRUPTED)
+        return _error(f"interrupted{_continue(args)}", EXIT_INTERRUPTED)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -153,3 +153,14 @@ def test_kernel_figure_labels_an_axis_within_one_decade(tmp_path, monkeypatch):
         labels = [t.get_text() for t in ax.yaxis.get_majorticklabels() + ax.yaxis.get_minorticklabels()
                   if t.get_visible() and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
         assert any(labels), ax.get_title()
+
+
+def test_an_interrupted_plot_or_merge_does_not_ask_for_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lazydrift.plots.plot_results", interrupted)
+    monkeypatch.setattr("lazydrift.shard.merge", interrupted)
+    for command in ("plot", "merge"):
+        assert main([command, str(tmp_path)]) == 130
+        assert capsys.readouterr().err == "lazydrift: error: interrupted\n"  # was "...; continue with --resume"
