@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vjp, vmap
 
+from .features import preserved_buffers
 from .model import InputLayer, ScaledLinear
 
 __all__ = ["empirical_ntk", "jacobian_ntk", "structured_ntk", "random_output_vector", "StructureError"]
@@ -107,15 +108,15 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
 # ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _evaluation(model: nn.Module) -> Iterator[None]:
-    """Eval mode, no fused SGD and no TF32 matmuls inside the block; every module's previous state
-    and the TF32 switch are restored after."""
+    """Eval mode, no fused SGD and no TF32 matmuls inside the block; every module's previous state,
+    every buffer (a forward may update one whatever the mode) and the TF32 switch are restored after."""
     modes = [(m, m.training) for m in model.modules()]
     fused = [(m, m.sgd_lr) for m in model.modules() if getattr(m, "sgd_lr", None) is not None]
     model.eval()
     for m, _ in fused:
         m.sgd_lr = None  # else ScaledLinear's backward would apply an SGD step to the weights
     try:
-        with _no_tf32():
+        with _no_tf32(), preserved_buffers(model):
             yield
     finally:
         for m, training in modes:
@@ -432,12 +433,12 @@ def _check_batch_independence(model: nn.Module, x: torch.Tensor, out: torch.Tens
     outputs at O(1).
     """
     n = x.shape[0]
-    if n < 2:
-        return
+    if n < 2 or not torch.isfinite(out).all():
+        return  # a diverged network (inf or NaN outputs) has a non-finite kernel, not a batch-mixing one
     k = min(2, n - 1)
     hooks.batch, hooks.capture = k, False
     try:
-        with torch.no_grad():
+        with torch.no_grad(), preserved_buffers(model):  # it sees the buffers the full pass saw
             sub = model(x[:k]).reshape(k, -1)
     except StructureError:
         raise
@@ -480,11 +481,13 @@ def structured_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None =
     try:
         with _evaluation(model), torch.enable_grad():
             hooks.batch, hooks.capture = n, True
-            out = model(x).reshape(n, -1)
+            with preserved_buffers(model):  # every pass starts from the same buffers
+                out = model(x).reshape(n, -1)
             if hooks.modified():
                 hooks.clear()
                 hooks.copy = True
-                out = model(x).reshape(n, -1)
+                with preserved_buffers(model):
+                    out = model(x).reshape(n, -1)
             hooks.capture = False
             _check_batch_independence(model, x, out, hooks)
             hooks.batch = 0  # inert from here on: _module_kernel calls modules again

@@ -54,9 +54,21 @@ class MemoryCheckError(UserError):
 
 def check(recipe: Recipe, device: torch.device, out: Path, layers: list[str]) -> None:
     """Every check, cheapest first; ``layers`` come from :func:`lazydrift.cell.recorded_layers`."""
+    check_cells(recipe)
     check_kernel(recipe)
     check_out(out)
     check_memory(recipe, device, layers)
+
+
+def check_cells(recipe: Recipe) -> None:
+    """No cell twice: a repeated width, seed or parameterization would train the same cell twice into
+    one folder (and a shard would wait for its own lock)."""
+    for where, values in (("[model] widths", recipe.model.widths), ("seeds", recipe.seeds),
+                          ("[model] parameterization", recipe.parameterizations)):
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            raise RecipeError(f"{recipe.path}: {where} lists {', '.join(map(str, repeated))} more than once; "
+                              "list each value once")
 
 
 def check_kernel(recipe: Recipe) -> None:
@@ -72,6 +84,13 @@ def check_kernel(recipe: Recipe) -> None:
 # -- the output folder ----------------------------------------------------------------------------
 def check_out(out: Path) -> None:
     """``out`` is a folder (or can be created) that this process can write, and not someone else's."""
+    try:
+        _check_out(out)
+    except OSError as e:  # a name too long for the filesystem, a loop of symbolic links, ...
+        raise RunDirError(f"--out {out}: {e.strerror or e}; choose another --out") from None
+
+
+def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out}: exists and is not a folder; choose another --out")
     existing = next(p for p in (out, *out.parents) if p.exists())

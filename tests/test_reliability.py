@@ -296,15 +296,24 @@ def test_an_unexpected_error_keeps_its_traceback_and_is_recorded(tmp_path, capsy
     assert record["status"] == "failed" and record["error"] == "ZeroDivisionError: stopped by the test"
 
 
-def test_divergence_stops_with_a_clear_message(tmp_path, capsys, one_thread):
+@pytest.mark.parametrize("lr, kernel", [("1e8", False), ("1e7", True)])
+def test_divergence_stops_with_a_clear_message(tmp_path, capsys, one_thread, lr, kernel):
+    # with the kernel on, lr 1e7 gives an infinite kernel at the step where the weights blow up (the
+    # loss was still finite before the update); its statistics are NaN, the run is "diverged"
     out = tmp_path / "out"
-    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", "train.lr=1e8")
+    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", f"train.lr={lr}",
+                    "--set", f"record.ntk={str(kernel).lower()}", "--set", "model.widths=[16]")
     assert code == 3
-    assert "training diverged at step" in one_line(err) and "learning rate 100000000.0" in err
+    assert "training diverged at step" in one_line(err) and f"learning rate {float(lr)}" in err
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "diverged" and "diverged at step" in record["error"]
     assert len(pd.read_csv(out / "drift.csv")) > 0  # the rows recorded before the divergence are kept
     assert not list(out.glob("cells/*/checkpoint.pt"))  # a diverged cell is final
+    if kernel:
+        ntk = pd.read_csv(out / "ntk.csv")
+        assert ntk.rel_change.iloc[0] == 0 and ntk.eig_max.iloc[0] > 0  # Theta_0 is finite
+        last = ntk.iloc[-1]  # the diverged step: no number is the right number
+        assert last[["rel_change", "cosine", "eig_max"]].isna().all()
 
 
 def test_missing_data_is_one_line(tmp_path, capsys, one_thread):
@@ -453,3 +462,72 @@ def test_random_recipes_raise_only_recipe_errors(entries):
         recipe_from_dict(raw, "random.toml")
     except RecipeError as e:
         assert str(e).startswith("random.toml: ") and "\n" not in str(e)
+
+
+def test_odd_out_folders_and_recipe_names_are_one_line(tmp_path, capsys, one_thread, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out is results/<name>, relative to the working folder
+    recipe = write_tiny(tmp_path / "r.toml")
+    for args, message in (
+        (["--out", "x" * 300], "File name too long"),       # was an OSError traceback (exit 1)
+        (["--out", ""], "--out is empty"),                   # was silently results/tiny
+        (["--set", "name='../escaped'"], "is not a folder name"),  # was written to ../escaped, outside results/
+        (["--set", f"name='{tmp_path / 'abs'}'"], "is not a folder name"),  # was written to that absolute path
+        (["--set", "name='..'"], "is not a folder name"),
+    ):
+        code, err = run(capsys, "run", recipe, "--quiet", *args)
+        assert code == 2 and message in one_line(err), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]  # nothing was created
+
+
+@pytest.mark.parametrize("setting, message", [("model.widths=[32, 64, 32]", "[model] widths lists 32 more than once"),
+                                              ("seeds=[1, 0, 1]", "seeds lists 1 more than once"),
+                                              ("model.parameterization=['ntk', 'ntk']", "parameterization lists ntk")])
+def test_a_cell_listed_twice_is_refused(tmp_path, capsys, one_thread, setting, message):
+    # it used to run: the same cell trained twice into one folder (exit 0, twice the time)
+    out = tmp_path / "out"
+    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", setting)
+    assert code == 2 and message in one_line(err)
+    assert not out.exists()
+
+
+def test_a_damaged_record_is_one_line(earlier, capsys, one_thread):
+    # records are written atomically, so one that does not parse was changed later; each was a
+    # JSONDecodeError or AttributeError traceback (exit 1)
+    recipe, out, _ = earlier
+    cell_json = next(out.glob("cells/*/cell.json"))
+    cell_json.write_text("")
+    before = snapshot(out)
+    for args in (["run", recipe, "--out", out, "--quiet", "--resume"], ["merge", out]):
+        code, err = run(capsys, *args)
+        assert code == 2 and f"{cell_json} cannot be read (not JSON" in one_line(err), args
+        assert snapshot(out) == before
+    cell_json.unlink()  # as the message says: the cell runs again
+    code, _ = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+    assert code == 0 and json.loads(cell_json.read_text())["status"] == "completed"
+
+    (out / "recipe.json").write_text('{"recipe": 5}')
+    code, err = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+    assert code == 2 and "recipe.json cannot be read (its recipe is a JSON int" in one_line(err)
+    (out / "run.json").write_text("[1, 2]")
+    code, err = run(capsys, "plot", out)
+    assert code == 2 and "run.json cannot be read (a JSON list, not an object)" in one_line(err)
+
+
+def test_a_damaged_checkpoint_is_one_line(earlier, capsys, one_thread):
+    from lazydrift.checkpoint import Checkpointer, DamagedCheckpointError
+    from lazydrift.recipes import load_recipe
+
+    recipe, out, _ = earlier
+    cell_dir = next(out.glob("cells/*/"))
+    (cell_dir / "cell.json").unlink()  # an unfinished cell, whose checkpoint --resume reads first
+    r = load_recipe(recipe)
+    checkpointer = Checkpointer(cell_dir, r, next(c for c in r.cells() if c.name == cell_dir.name))
+    checkpointer.save({"step": 1})
+    whole = checkpointer.path.read_bytes()
+    for content, problem in ((b"", "an empty file"), (whole[: len(whole) // 2], "zip archive")):
+        checkpointer.path.write_bytes(content)  # was a RuntimeError traceback from torch.load (exit 1)
+        code, err = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+        assert code == 2 and f"{checkpointer.path} cannot be read (" in one_line(err) and problem in err
+        assert "delete it to run that cell again" in err
+        with pytest.raises(DamagedCheckpointError, match=problem):  # the training loop's loader says the same
+            checkpointer.load()
