@@ -202,7 +202,7 @@ def jacobian_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = N
         def scalar_output(p, xi):
             return functional_call(model, (p, buffers), (xi.unsqueeze(0),)).reshape(-1) @ cot
 
-        jac = vmap(jacrev(scalar_output), in_dims=(None, 0))
+        jac = _batched(jacrev(scalar_output), in_dims=(None, 0))
 
         def jacobians(x):
             return [{k: v.reshape(v.shape[0], -1) for k, v in jac(params, x[i:i + batch_size]).items()}
@@ -343,6 +343,29 @@ def _layer_kernel(layer: _Layer, deltas: list[torch.Tensor], n: int, batch_size:
     return _position_kernel(a_rows, d_rows, weight_scale, bias is not None and bias.requires_grad)
 
 
+def _batched(fn, in_dims):
+    """``vmap(fn, in_dims)``, or the same map as a plain loop over examples for modules vmap cannot
+    batch (nn.GRU/nn.LSTM's fused kernels): slower, never a different answer."""
+    vectorized = vmap(fn, in_dims=in_dims)
+    use_loop = False
+
+    def loop(*args):
+        n = next(a.shape[0] for a, d in zip(args, in_dims) if d == 0)
+        rows = [fn(*(a[i] if d == 0 else a for a, d in zip(args, in_dims))) for i in range(n)]
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def call(*args):
+        nonlocal use_loop
+        if not use_loop:
+            try:
+                return vectorized(*args)
+            except RuntimeError:  # vmap's batching rule does not exist or does not fit this module
+                use_loop = True
+        return loop(*args)
+
+    return call
+
+
 def _module_kernel(layer: _Layer, deltas: list[torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
     """Per-example VJPs of one module's own parameters (the Jacobian route for that module only)."""
     module = layer.module
@@ -356,7 +379,7 @@ def _module_kernel(layer: _Layer, deltas: list[torch.Tensor], n: int, batch_size
             _, pullback = vjp(lambda p: functional_call(module, p, inputs, kwargs)[0], params)
             return pullback(delta_i)[0]
 
-        per_example = vmap(lambda d_i, *ex: grad_one(*ex, delta_i=d_i), in_dims=(0,) + batched)
+        per_example = _batched(lambda d_i, *ex: grad_one(*ex, delta_i=d_i), in_dims=(0,) + batched)
         chunks = []
         for i0 in range(0, n, batch_size):
             ex = tuple(t[i0:i0 + batch_size] if isinstance(t, torch.Tensor) else t for t in args)
