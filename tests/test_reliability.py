@@ -393,7 +393,8 @@ def test_memory_estimate_counts_what_a_cell_allocates(tmp_path, one_thread):
     recipe = load_recipe(write_tiny(tmp_path / "r.toml"), ['record.layers=["hidden.0", "readout"]'])
     layers = recorded_layers(recipe)
     task = make_task(recipe)
-    model = build_model(recipe, task, Cell("ntk", 0, 64), torch.device("cpu"))
+    (cell,) = [c for c in recipe.cells() if c.width == 64]
+    model = build_model(recipe, task, cell, torch.device("cpu"))
     parts = cell_memory(recipe, 64, layers)
     assert parts["parameters"] == sum(p.numel() * p.element_size() for p in model.parameters())
     assert parts["optimizer state"] == 0  # fused SGD: no gradient tensors
@@ -407,10 +408,30 @@ def test_memory_estimate_counts_what_a_cell_allocates(tmp_path, one_thread):
     unfused = load_recipe(write_tiny(tmp_path / "r.toml"), ["train.fused_sgd=false"])
     assert cell_memory(unfused, 64, layers)["optimizer state"] == parts["parameters"]  # .grad of every weight
 
+    # momentum and Adam: the tensors their optimizer holds after a step (state and gradient buffers)
+    from lazydrift.cell import build_optimizer
+    from lazydrift.losses import loss_function
+
+    x, y = task.make_sampler(1).next_batch()
+    for name, fused in (("momentum", True), ("adam", True), ("adam", False)):
+        r = load_recipe(write_tiny(tmp_path / "r.toml"), [f"train.optimizer={name}", "train.lr=0.01",
+                                                          f"train.fused_sgd={str(fused).lower()}"])
+        (cell,) = [c for c in r.cells() if c.width == 64]
+        model = build_model(r, task, cell, torch.device("cpu"))
+        opt = build_optimizer(r, cell, model)
+        with opt.step():
+            loss_function(cell.loss)(model(x), y).backward()
+        held = [t for o in opt._per_weight for s in o.state.values() for t in s.values() if t.numel() > 1]
+        if fused:
+            held.append(opt._step.scratch)  # the one gradient buffer shared by the layers
+        # the reference path frees its gradients after the step; count them as held during it
+        grads = 0 if fused else sum(p.numel() * p.element_size() for p in model.parameters())
+        assert cell_memory(r, 64, layers)["optimizer state"] == sum(t.numel() * t.element_size() for t in held) + grads
+
 
 def test_locks_exclusive_shared_and_released(tmp_path):
     out = tmp_path / "out"
-    cells = [Cell("ntk", 0, 8), Cell("ntk", 0, 16)]
+    cells = [Cell("ntk", "ntk", "embedding", "sgd", "mse", 1.0, 0, w) for w in (8, 16)]
     with rundir.lock(out, cells=cells[:1]):
         with rundir.lock(out, cells=cells[1:]):  # shards share the folder
             with pytest.raises(rundir.BusyError, match=f"in use by process {os.getpid()}"):
