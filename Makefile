@@ -54,10 +54,11 @@ reproduce-table1-protocols: $(STAMP)
 	$(PY) -m lazydrift.protocols $(PROTOCOLS_A) $(PROTOCOLS_B) --out $(PROTOCOLS_A)/protocols.md
 	cat $(PROTOCOLS_A)/protocols.md
 
+# Proposition 4 is about the lazy regime: the NTK control (SGD, NTK parameterization, Euclidean loss).
 reproduce-prop4: $(STAMP)
-	$(PY) -m lazydrift run recipes/table1-quick.toml --quiet
+	$(PY) -m lazydrift run recipes/prop4-text8-quick.toml --quiet
 	$(PY) -m lazydrift run recipes/mnist-drift-quick.toml --quiet
-	$(PY) -m lazydrift plot results/table1-quick
+	$(PY) -m lazydrift plot results/prop4-text8-quick
 	$(PY) -m lazydrift plot results/mnist-drift-quick
 
 # Width sweeps, ntk vs muP vs standard (CPU scale, ~3 min on 2 idle cores): scaling.csv/.md/.png,
@@ -78,14 +79,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py --json results/bench/train.json
 	$(PY) benchmarks/bench_kernels.py --json results/bench/kernels.json
 	$(PY) benchmarks/bench_ntk.py --json results/bench/ntk.json
-	$(PY) benchmarks/summary.py results/bench/train.json results/bench/kernels.json results/bench/ntk.json
+	$(PY) benchmarks/bench_optimizers.py --json results/bench/optimizers.json
+	$(PY) benchmarks/summary.py results/bench/train.json results/bench/kernels.json results/bench/ntk.json results/bench/optimizers.json
 
 bench-quick: $(STAMP)
 	mkdir -p results/bench
 	$(PY) benchmarks/bench_train.py --quick --json results/bench/train-quick.json
 	$(PY) benchmarks/bench_kernels.py --quick --json results/bench/kernels-quick.json
 	$(PY) benchmarks/bench_ntk.py --quick --json results/bench/ntk-quick.json
-	$(PY) benchmarks/summary.py results/bench/train-quick.json results/bench/kernels-quick.json results/bench/ntk-quick.json
+	$(PY) benchmarks/bench_optimizers.py --quick --json results/bench/optimizers-quick.json
+	$(PY) benchmarks/summary.py results/bench/train-quick.json results/bench/kernels-quick.json results/bench/ntk-quick.json results/bench/optimizers-quick.json
 
 clean:
 	rm -rf results .pytest_cache
