@@ -10,8 +10,10 @@ there is no /proc), ``torch.cuda.mem_get_info`` on CUDA.  In float32 (4 bytes), 
 the input and output sizes, n the width, L the hidden layers, P the probes, B the batch:
 
 * parameters: (V_in n + (L - 1) n^2 + n V_out) * 4;
-* optimizer state: none for fused SGD; ``torch.optim.SGD`` keeps a gradient per weight (one more
-  copy of the parameters);
+* optimizer state (:func:`lazydrift.optimizers.state_bytes`, the largest over the recipe's
+  optimizers): none for fused SGD; momentum one buffer per weight and Adam two (a copy of the
+  parameters each), plus one gradient buffer the size of the largest weight; with
+  ``fused_sgd = false`` (plain autograd and ``torch.optim``) a gradient per weight instead;
 * training activations: each hidden layer keeps its pre-activation and output, B n * 2 L * 4,
   plus the output and residual, 2 B V_out * 4;
 * h_0: P * (sum of the recorded layers' sizes) * 4, and the probe buffers as much again for h_t,
@@ -41,7 +43,7 @@ import torch
 
 from .errors import UserError
 from .recipes import Recipe, RecipeError
-from .recorder import log_schedule
+from .optimizers import state_bytes
 from .rundir import RunDirError, has_results, is_lazydrift_folder
 from .tasks import task_shape
 
@@ -111,14 +113,15 @@ def cell_memory(recipe: Recipe, width: int, layers: list[str]) -> dict[str, int]
     """Bytes the cell of ``width`` needs at its peak, by part (see the module doc)."""
     d_in, d_out, probes = task_shape(recipe)
     depth, r, t = recipe.model.depth, recipe.record, recipe.train
-    params = (d_in * width + (depth - 1) * width * width + width * d_out) * FLOAT32
+    weights = [d_in * width] + [width * width] * (depth - 1) + [width * d_out]
+    params = sum(weights) * FLOAT32
     sizes = [d_out if layer == "readout" else width for layer in layers]
     batch = min(r.probe_batch_size, probes)
-    records = len(log_schedule(t.steps, r.points))
+    records = len(recipe.record_steps())
     k = min(r.gram_probes, probes)
     parts = {
         "parameters": params,
-        "optimizer state": 0 if t.fused_sgd else params,
+        "optimizer state": max(state_bytes(p.optimizer, weights, t.fused_sgd, FLOAT32) for p in recipe.protocols()),
         "training activations": (t.batch_size * width * 2 * depth + 2 * t.batch_size * d_out) * FLOAT32,
         "h_0": probes * sum(sizes) * FLOAT32,
         "probe buffers": (probes * sum(sizes) + probes * max(sizes) + 2 * batch * width) * FLOAT32,

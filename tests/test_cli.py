@@ -10,7 +10,8 @@ from lazydrift.cli import main
 
 from conftest import TABLE_ROUNDING, table_cell, write_tiny
 
-KEYS = ["parameterization", "seed", "width"]  # in front of every combined row, whatever the run
+KEYS = ["protocol", "parameterization", "input_scale", "optimizer", "loss", "lr", "seed", "width"]  # in front of every
+# combined row, whatever the run
 
 
 @pytest.mark.slow
@@ -20,7 +21,7 @@ def test_run_writes_every_file(tmp_path, capsys, one_thread):
     assert "| ‖h_t − h_0‖₂ |" in capsys.readouterr().out  # the table is printed
     cols = {
         "summary.csv": KEYS + ["layer", "step", "measure", "mean", "std", "n_probes"],
-        "drift.csv": KEYS + ["step", "layer", "probe", "l2", "linf", "ratio"],
+        "drift.csv": KEYS + ["step", "layer", "probe", "l2", "linf", "ratio", "rel_l2"],
         "neurons.csv": KEYS + ["layer", "step", "neuron", "mean_abs_dev", "max_abs_dev"],
         "gram.csv": KEYS + ["step", "layer", "i", "j", "inner", "cosine", "inner0", "cross", "quadratic"],
         "losses.csv": KEYS + ["step", "loss"],
@@ -29,7 +30,7 @@ def test_run_writes_every_file(tmp_path, capsys, one_thread):
     for name, expected in cols.items():
         assert list(pd.read_csv(out / name).columns) == expected, name
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary.measure) == {"l2", "linf", "ratio"} and set(summary.width) == {32, 64}
+    assert set(summary.measure) == {"l2", "linf", "ratio", "rel_l2"} and set(summary.width) == {32, 64}
     assert set(summary.parameterization) == {"ntk"} and set(summary.seed) == {0}
     assert (summary[summary.step == 20].n_probes[summary.measure != "ratio"] == 50).all()
     assert len(pd.read_csv(out / "neurons.csv")) == 32 + 64

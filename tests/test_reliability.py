@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -219,21 +220,22 @@ def test_a_folder_not_written_by_lazydrift_is_refused(tmp_path, capsys, one_thre
 
 
 def interrupt_at(monkeypatch, at: int, error=KeyboardInterrupt):
-    """Make the training step raise ``error`` when it reaches step ``at`` (counted over the run)."""
+    """Make the training step raise ``error`` when it reaches step ``at`` (counted over the run): the
+    loss function is called once per step, inside the optimizer's step block."""
     calls = {"n": 0}
-    real = cell_module.sgd_step
+    real = cell_module.loss_function
 
-    def sgd_step(model, lr, fused=True):
-        step = real(model, lr, fused)
+    def loss_function(name):
+        loss = real(name)
 
-        def counted(x, y):
+        def counted(output, target):
             calls["n"] += 1
             if calls["n"] == at:
                 raise error("stopped by the test")
-            return step(x, y)
+            return loss(output, target)
         return counted
 
-    monkeypatch.setattr(cell_module, "sgd_step", sgd_step)
+    monkeypatch.setattr(cell_module, "loss_function", loss_function)
 
 
 @pytest.mark.slow
@@ -258,6 +260,58 @@ def test_interrupt_is_recorded_and_resume_equals_the_uninterrupted_run(finished,
     for name in CSVS:  # same process and thread count as the reference: identical by construction
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert not (out / "cells" / "ntk-s0-w64" / "checkpoint.pt").exists()
+
+
+ADAM_AND_MOMENTUM = """
+[[protocol]]
+name = "adam"
+parameterization = "pytorch"
+input_scale = "fan_in"
+optimizer = "adam"
+loss = "cross_entropy"
+lr = 0.01
+
+[[protocol]]
+name = "momentum"
+optimizer = "momentum"
+lr = 0.05
+"""
+
+
+@pytest.mark.slow
+def test_resume_with_adam_and_momentum_equals_the_uninterrupted_run(tmp_path, capsys, one_thread, monkeypatch):
+    """The checkpoint carries Adam's moments and step counts and momentum's buffers: a run interrupted
+    mid-cell and resumed writes the same CSVs as an uninterrupted one, bit for bit (same process and
+    thread count); resuming without the optimizer's state does not (so the comparison can fail)."""
+    recipe = write_tiny(tmp_path / "r.toml")
+    recipe.write_text(recipe.read_text().replace("widths = [32, 64]", "widths = [32]") + ADAM_AND_MOMENTUM)
+    reference = tmp_path / "reference"
+    assert run(capsys, "run", recipe, "--out", reference, "--quiet")[0] == 0
+
+    def interrupted(out, at):
+        interrupt_at(monkeypatch, at)
+        code, _ = run(capsys, "run", recipe, "--out", out, "--quiet", "--set", "checkpoint.every_steps=5")
+        monkeypatch.undo()
+        assert code == 130
+
+    for cell, at in (("adam-s0-w32", 13), ("momentum-s0-w32", 20 + 13)):
+        out = tmp_path / cell
+        interrupted(out, at)
+        saved = torch.load(out / "cells" / cell / "checkpoint.pt", weights_only=True)
+        assert saved["step"] == 10 and saved["optimizer"]["name"] == cell.split("-")[0]
+        state = saved["optimizer"]["per_weight"][0]["state"][0]
+        assert torch.count_nonzero(state["exp_avg" if cell.startswith("adam") else "momentum_buffer"]) > 0
+        code, err = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+        assert code == 0 and err == ""
+        for name in CSVS:
+            assert (out / name).read_bytes() == (reference / name).read_bytes(), (cell, name)
+
+    out = tmp_path / "stateless"  # the same resume without the optimizer's state: Adam's steps differ
+    interrupted(out, 13)
+    monkeypatch.setattr(cell_module.Optimizer, "load_state_dict", lambda self, state: None)
+    assert run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")[0] == 0
+    monkeypatch.undo()
+    assert (out / "drift.csv").read_bytes() != (reference / "drift.csv").read_bytes()
 
 
 @pytest.mark.slow
@@ -348,7 +402,8 @@ def test_memory_estimate_counts_what_a_cell_allocates(tmp_path, one_thread):
     recipe = load_recipe(write_tiny(tmp_path / "r.toml"), ['record.layers=["hidden.0", "readout"]'])
     layers = recorded_layers(recipe)
     task = make_task(recipe)
-    model = build_model(recipe, task, Cell("ntk", 0, 64), torch.device("cpu"))
+    (cell,) = [c for c in recipe.cells() if c.width == 64]
+    model = build_model(recipe, task, cell, torch.device("cpu"))
     parts = cell_memory(recipe, 64, layers)
     assert parts["parameters"] == sum(p.numel() * p.element_size() for p in model.parameters())
     assert parts["optimizer state"] == 0  # fused SGD: no gradient tensors
@@ -362,10 +417,30 @@ def test_memory_estimate_counts_what_a_cell_allocates(tmp_path, one_thread):
     unfused = load_recipe(write_tiny(tmp_path / "r.toml"), ["train.fused_sgd=false"])
     assert cell_memory(unfused, 64, layers)["optimizer state"] == parts["parameters"]  # .grad of every weight
 
+    # momentum and Adam: the tensors their optimizer holds after a step (state and gradient buffers)
+    from lazydrift.cell import build_optimizer
+    from lazydrift.losses import loss_function
+
+    x, y = task.make_sampler(1).next_batch()
+    for name, fused in (("momentum", True), ("adam", True), ("adam", False)):
+        r = load_recipe(write_tiny(tmp_path / "r.toml"), [f"train.optimizer={name}", "train.lr=0.01",
+                                                          f"train.fused_sgd={str(fused).lower()}"])
+        (cell,) = [c for c in r.cells() if c.width == 64]
+        model = build_model(r, task, cell, torch.device("cpu"))
+        opt = build_optimizer(r, cell, model)
+        with opt.step():
+            loss_function(cell.loss)(model(x), y).backward()
+        held = [t for o in opt._per_weight for s in o.state.values() for t in s.values() if t.numel() > 1]
+        if fused:
+            held.append(opt._step.scratch)  # the one gradient buffer shared by the layers
+        # the reference path frees its gradients after the step; count them as held during it
+        grads = 0 if fused else sum(p.numel() * p.element_size() for p in model.parameters())
+        assert cell_memory(r, 64, layers)["optimizer state"] == sum(t.numel() * t.element_size() for t in held) + grads
+
 
 def test_locks_exclusive_shared_and_released(tmp_path):
     out = tmp_path / "out"
-    cells = [Cell("ntk", 0, 8), Cell("ntk", 0, 16)]
+    cells = [Cell("ntk", "ntk", "embedding", "sgd", "mse", 1.0, 0, w) for w in (8, 16)]
     with rundir.lock(out, cells=cells[:1]):
         with rundir.lock(out, cells=cells[1:]):  # shards share the folder
             with pytest.raises(rundir.BusyError, match=f"in use by process {os.getpid()}"):
