@@ -163,8 +163,9 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
                     losses.append((step, loss))
                 if step in record_at:
                     for layer, l2 in rec.record(step).items():
-                        if not np.isfinite(l2).all():
-                            raise DivergenceError(step, loss, cell.lr, what=f"{layer} activation",
+                        if not np.isfinite(l2).all():  # the value shown is the drift's, not the loss's
+                            bad = np.asarray(l2)[~np.isfinite(l2)].flat[0]
+                            raise DivergenceError(step, float(bad), cell.lr, what=f"{layer} activation drift ||h_t - h_0||_2",
                                                   optimizer=cell.optimizer, key=lr_key(recipe, cell))
                 if ckpt.due(step) and step < t.steps:
                     ckpt.save(state(step))

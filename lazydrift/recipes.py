@@ -385,6 +385,9 @@ def _type_name(hint) -> str:
     return TYPE_NAMES[hint][0]
 
 
+SEED_LIMIT = 2 ** 62  # torch's generators take < 2**64; the data seeds add small offsets (tasks.py)
+
+
 def _check_values(r: Recipe, path) -> None:
     def fail(where: str, msg: str):
         raise RecipeError(f"{path}: {where} {msg}")
@@ -394,8 +397,8 @@ def _check_values(r: Recipe, path) -> None:
             fail(where, f"must be one of {', '.join(options)}, got {value!r}")
 
     choice("device", r.device, DEVICES)
-    if r.seed < 0:
-        fail("seed", f"must be >= 0, got {r.seed}")
+    if not 0 <= r.seed < SEED_LIMIT:
+        fail("seed", f"must be in [0, 2**62), got {r.seed}")
     d, m, t, rec, c = r.data, r.model, r.train, r.record, r.checkpoint
     choice("[data] dataset", d.dataset, DATASETS)
     for where, value, low in (("[data] max_tokens", d.max_tokens, 0), ("[data] vocab_size", d.vocab_size, 2),
@@ -413,8 +416,8 @@ def _check_values(r: Recipe, path) -> None:
         if w < 1:
             fail(f"[model] widths[{k}]", f"must be >= 1, got {w}")
     for k, s in enumerate(r.seeds):
-        if s < 0:
-            fail(f"seeds[{k}]", f"must be >= 0, got {s}")
+        if not 0 <= s < SEED_LIMIT:
+            fail(f"seeds[{k}]", f"must be in [0, 2**62), got {s}")
     _check_protocols(r, fail, choice)
     for k, step in enumerate(rec.steps):
         if not 1 <= step <= t.steps:

@@ -32,8 +32,8 @@ PAPER_TABLE1 = {
     10000: {"l2": (4.8989, 1.0250), "linf": (0.0955, 0.0189), "ratio": (51.1774, 0.7959)},
     30000: {"l2": (10.5614, 2.3419), "linf": (0.1375, 0.0286), "ratio": (76.5406, 1.5052)},
 }
-MEASURE_LABELS = {"l2": "‖h_t − h_0‖₂", "linf": "max_i |h_t,i − h_0,i|",
-                  "ratio": "‖h_t − h_0‖₂ / max_i |h_t,i − h_0,i|"}
+MEASURE_LABELS = {"l2": "‖h_t − h_0‖₂", "linf": r"max_i \|h_t,i − h_0,i\|",  # "\|": a "|" inside a markdown cell
+                  "ratio": r"‖h_t − h_0‖₂ / max_i \|h_t,i − h_0,i\|"}
 CELL_FILES = ("drift", "summary", "neurons", "losses", "gram", "init_theory", "noise_floor", "ntk")
 KEYS = CELL_KEYS  # protocol, parameterization, input_scale, optimizer, loss, lr, seed, width: in front of every row
 
@@ -228,6 +228,10 @@ def observations(final: pd.DataFrame) -> list[tuple[bool | None, str]]:
         return float(final[(final.width == w) & (final.measure == m)]["mean"].iloc[0])
 
     widths = sorted(final.width.unique())
+    still = [w for w in widths if not get(w, "l2") > 0]  # 0 steps, a zero learning rate, or NaN
+    if still:
+        return [(None, f"(nothing moved at width {', '.join(map(str, still))}: mean l2 is "
+                       f"{get(still[0], 'l2'):g}; the width comparisons need movement)")]
     small, large = widths[0], widths[-1]
     l2s, l2l = get(small, "l2"), get(large, "l2")
     rs, rl = get(small, "ratio"), get(large, "ratio")

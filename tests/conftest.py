@@ -121,7 +121,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # table1.md shows 4 decimals (half a unit: 5e-5); drift.csv holds float32 as text, whose round trip
 # moves a value by at most a float32 half-ulp (6e-8 relative), far below that.
 TABLE_ROUNDING = 5e-5 + 1e-6
-TABLE_ROWS = {"l2": "| ‖h_t − h_0‖₂ | ", "linf": "| max_i |h_t,i − h_0,i| | ", "ratio": "| ‖h_t − h_0‖₂ / max_i"}
+TABLE_ROWS = {"l2": "| ‖h_t − h_0‖₂ | ", "linf": r"| max_i \|h_t,i − h_0,i\| | ", "ratio": "| ‖h_t − h_0‖₂ / max_i"}
 
 
 def table_cell(table: str, measure: str, column: str) -> tuple[float, float]:
@@ -129,6 +129,6 @@ def table_cell(table: str, measure: str, column: str) -> tuple[float, float]:
     lines = table.splitlines()
     head = [c.strip() for c in next(line for line in lines if line.startswith("| Measure")).strip("| ").split(" | ")]
     row = next(line for line in lines if line.startswith(TABLE_ROWS[measure]))
-    values = row.rstrip(" |").split(" | ")  # the labels hold "|" but never " | "
+    values = row.rstrip(" |").split(" | ")  # the labels hold "\\|" (escaped for markdown), never " | "
     mean, sd = values[head.index(column)].split(" (")
     return float(mean), float(sd.rstrip(")"))

@@ -1,6 +1,7 @@
 """End to end: `lazydrift run` on a tiny recipe writes every file with the right columns and numbers."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,17 @@ def test_run_writes_every_file(tmp_path, capsys, one_thread):
         for measure in ("l2", "linf", "ratio"):
             shown = table_cell(table, measure, f"ours, width = {width}")
             assert shown == pytest.approx((last[measure].mean(), last[measure].std(ddof=1)), abs=TABLE_ROUNDING)
+    # every markdown table row has as many cells as its header: a bare "|" in a label splits a cell
+    # (GitHub renders "max_i |h|" in a row as two cells); escaped "\|" does not
+    cells = lambda line: len(re.split(r"(?<!\\)\|", line.strip()))
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    blocks = [[]]
+    for line, nxt in zip(table.splitlines(), table.splitlines()[1:] + [""]):
+        if line.startswith("|"):
+            blocks[-1].append(line)
+        if line.startswith("|") and not nxt.startswith("|"):
+            blocks.append([])
+    assert rows and all(cells(line) == cells(block[0]) for block in blocks for line in block), table
 
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "completed" and run["seed"] == 0 and run["device"] == "cpu"

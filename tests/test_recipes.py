@@ -14,6 +14,8 @@ def write(tmp_path, text):
 @pytest.mark.parametrize("text, message", [
     ("[train]\nlrr = 1.0\n", r"r\.toml: unknown key \[train\] 'lrr'"),
     ("colour = 1\n", r"r\.toml: unknown key 'colour'"),
+    ("seed = 4611686018427387904\n", r"r\.toml: seed must be in \[0, 2\*\*62\), got 4611686018427387904"),
+    ("seeds = [0, -1]\n", r"r\.toml: seeds\[1\] must be in \[0, 2\*\*62\), got -1"),
     ("[train]\nlr = 'fast'\n", r"r\.toml: \[train\] lr must be a finite number"),
     ("[train]\nsteps = 1.5\n", r"r\.toml: \[train\] steps must be an integer"),
     ("[train]\nsteps = true\n", r"r\.toml: \[train\] steps must be an integer"),

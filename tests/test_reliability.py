@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -368,6 +369,20 @@ def test_divergence_stops_with_a_clear_message(tmp_path, capsys, one_thread, lr,
         assert ntk.rel_change.iloc[0] == 0 and ntk.eig_max.iloc[0] > 0  # Theta_0 is finite
         last = ntk.iloc[-1]  # the diverged step: no number is the right number
         assert last[["rel_change", "cosine", "eig_max"]].isna().all()
+
+
+def test_a_diverged_activation_names_its_own_value(tmp_path, capsys, one_thread, monkeypatch):
+    # the message showed the (finite) loss as the activation's value
+    from lazydrift.recorder import DriftRecorder
+    record = DriftRecorder.record
+
+    def record_inf_at_step_2(self, step, *args, **kwargs):
+        out = record(self, step, *args, **kwargs)
+        return {k: np.full_like(v, np.inf) for k, v in out.items()} if step == 2 else out
+    monkeypatch.setattr(DriftRecorder, "record", record_inf_at_step_2)
+    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", tmp_path / "out", "--quiet",
+                    "--set", "record.steps=[1, 2]", "--set", "model.widths=[16]")
+    assert code == 3 and "diverged at step 2: hidden.1 activation drift ||h_t - h_0||_2 = inf" in one_line(err)
 
 
 def test_missing_data_is_one_line(tmp_path, capsys, one_thread):
