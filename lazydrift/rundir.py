@@ -49,8 +49,16 @@ LOCK_FILE = ".lock"
 CELLS = "cells"
 CELL_FILE = "cell.json"
 CHECKPOINT_FILE = "checkpoint.pt"
-COMBINED = ("*.csv", "*.md", "*.png")  # the cells combined (lazydrift.report, lazydrift plot), and probes.csv
 PROBES = "probes.csv"
+# Every top-level file that a run, merge or plot writes besides the records above: the cells
+# combined (lazydrift.report, scaling, analogy), lazydrift plot's figures and protocols.md.
+# --overwrite and a rerun delete these names and nothing else: a user's own notes.md or
+# extra.csv in the folder stay (tests/test_reliability.py checks a full run writes no other name).
+COMBINED = frozenset({
+    "drift.csv", "summary.csv", "neurons.csv", "losses.csv", "gram.csv", "init_theory.csv",
+    "noise_floor.csv", "ntk.csv", "gram_pairs.csv", "gram_summary.csv", "init_theory_summary.csv",
+    "fingerprints.csv", "table1.md", "scaling.csv", "scaling.md", "scaling.png", "scaling_slopes.png",
+    "analogy.csv", "analogy.md", "drift.png", "gram.png", "neurons.png", "kernel.png", "protocols.md"})
 
 
 class RunDirError(UserError):
@@ -264,10 +272,8 @@ def write_recipe(out: Path, recipe: Recipe) -> None:
 def clear(out: Path, cells: bool) -> None:
     """Remove the combined files earlier runs wrote and, with ``cells``, everything else a run writes:
     the cell folders, probes.csv, run.json, shard records and recipe.json (lock files stay)."""
-    for pattern in COMBINED:
-        for path in out.glob(pattern):
-            if path.name != PROBES:
-                path.unlink()
+    for name in COMBINED:
+        (out / name).unlink(missing_ok=True)
     if cells:
         for path in [out / RECIPE_FILE, out / RUN_FILE, out / PROBES, *out.glob("shard-*-of-*.json")]:
             path.unlink(missing_ok=True)

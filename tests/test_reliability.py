@@ -580,6 +580,25 @@ def test_a_cell_listed_twice_is_refused(tmp_path, capsys, one_thread, setting, m
     assert not out.exists()
 
 
+@pytest.mark.slow
+def test_overwrite_deletes_only_what_lazydrift_writes(tmp_path, capsys, one_thread):
+    # --overwrite deleted every *.csv, *.md and *.png in the folder, a user's own notes included
+    from lazydrift.rundir import COMBINED, PROBES, RECIPE_FILE, RUN_FILE
+    out = tmp_path / "out"
+    recipe = write_tiny(tmp_path / "r.toml", **{"widths = [32, 64]": "widths = [16, 32, 64]",
+                                                 "gram_probes = 8": "gram_probes = 8\nntk = true\nanalogies = true"})
+    code, err = run(capsys, "run", recipe, "--out", out, "--quiet")
+    assert code == 0 and err == "" and cli.main(["plot", str(out)]) == 0
+    written = {p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert {"scaling.csv", "analogy.csv", "kernel.png", "table1.md"} <= written  # the run wrote every kind
+    assert written - {PROBES, RECIPE_FILE, RUN_FILE} <= COMBINED, "unregistered: " + str(written - COMBINED)
+    (out / "notes.md").write_text("mine")
+    (out / "extra.csv").write_text("a\n1\n")
+    code, err = run(capsys, "run", write_tiny(tmp_path / "b.toml"), "--out", out, "--quiet", "--overwrite")
+    assert code == 0 and (out / "notes.md").read_text() == "mine" and (out / "extra.csv").read_text() == "a\n1\n"
+    assert not (out / "scaling.csv").exists() and not (out / "analogy.csv").exists()  # the old run's are gone
+
+
 def test_a_damaged_record_is_one_line(earlier, capsys, one_thread):
     # records are written atomically, so one that does not parse was changed later; each was a
     # JSONDecodeError or AttributeError traceback (exit 1)
