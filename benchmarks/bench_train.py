@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     from lazydrift.recipes import load_recipe
     table1 = load_recipe("recipes/table1.toml")
     t1_steps, t1_records = table1.train.steps, len(log_schedule(table1.train.steps, table1.record.points))
-    floor_passes = 5  # the noise floor's probe passes (lazydrift.experiment.record_noise_floor)
+    floor_passes = 5  # the noise floor's probe passes (lazydrift.cell.record_noise_floor)
     parts = [bench_recorder_parts(widths[-1], device, 1 if device.type == "cpu" and widths[-1] >= 10000 else repeat)]
     loop = None if args.quick else bench_recorder_loop(500 if device.type == "cpu" else 10000,
                                                        t1_steps, table1.record.points, device)

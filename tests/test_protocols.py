@@ -26,7 +26,6 @@ from lazydrift import NTKMLP, text8
 from lazydrift import fingerprints as fp
 from lazydrift import protocols
 from lazydrift.cli import main
-from lazydrift.recipes import CELL_KEYS
 
 from conftest import DATA_DIR, write_tiny
 

@@ -410,7 +410,7 @@ def test_memory_estimate_counts_what_a_cell_allocates(tmp_path, one_thread):
 
     from lazydrift.cell import build_model, make_recorder, recorded_layers
     from lazydrift.preflight import cell_memory
-    from lazydrift.recipes import Cell, load_recipe
+    from lazydrift.recipes import load_recipe
     from lazydrift.recorder import log_schedule
     from lazydrift.tasks import make_task
 
