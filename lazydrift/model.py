@@ -133,9 +133,7 @@ class _InputSGD(torch.autograd.Function):
     def forward(ctx, x, weight, multiplier, lr):
         ctx.save_for_backward(x)
         ctx.weight, ctx.multiplier, ctx.lr = weight, multiplier, lr
-        if torch.is_floating_point(x):
-            return scaled_mm(x, weight, multiplier)
-        return _lookup(x, weight, multiplier)
+        return _input_product(x, weight, multiplier)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -179,9 +177,7 @@ class _InputStep(torch.autograd.Function):
     def forward(ctx, x, weight, multiplier, step):
         ctx.save_for_backward(x)
         ctx.weight, ctx.multiplier, ctx.step = weight, multiplier, step
-        if torch.is_floating_point(x):
-            return scaled_mm(x, weight, multiplier)
-        return _lookup(x, weight, multiplier)
+        return _input_product(x, weight, multiplier)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -196,8 +192,11 @@ class _InputStep(torch.autograd.Function):
         return None, None, None, None
 
 
-def _lookup(ids: torch.Tensor, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
-    rows = F.embedding(ids, weight)
+def _input_product(x: torch.Tensor, weight: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """m * x W for the first layer: a dense product for float x, a row lookup for token ids."""
+    if torch.is_floating_point(x):
+        return scaled_mm(x, weight, multiplier)
+    rows = F.embedding(x, weight)
     return rows if multiplier == 1.0 else rows.mul_(multiplier)
 
 
@@ -262,9 +261,7 @@ class InputLayer(nn.Module):
             return _InputSGD.apply(x, self.weight, self.multiplier, self.sgd_lr * self.lr_scale)
         if self.grad_step is not None and torch.is_grad_enabled():
             return _InputStep.apply(x, self.weight, self.multiplier, self.grad_step)
-        if not torch.is_floating_point(x):
-            return _lookup(x, self.weight, self.multiplier)
-        return scaled_mm(x, self.weight, self.multiplier)
+        return _input_product(x, self.weight, self.multiplier)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, multiplier={self.multiplier:.4g}"
