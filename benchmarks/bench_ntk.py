@@ -44,6 +44,7 @@ from torch import nn
 from lazydrift import NTKMLP, fused_sgd, log_schedule, mse_loss
 from lazydrift.empirical import empirical_ntk, jacobian_ntk, structured_ntk
 from lazydrift.kernel_drift import KernelDriftTracker
+from lazydrift.experiment import resolve_device
 from lazydrift.scaling import fit_loglog
 
 V, PROBES, BATCH = 2000, 256, 256
@@ -204,8 +205,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
     time_width, memory_width = (2048, 4096) if args.quick else (16384, 30000)
     limit_widths = [250, 500, 1000] if args.quick else [250, 500, 1000, 2000, 4000]

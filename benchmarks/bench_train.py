@@ -31,6 +31,7 @@ import time
 import torch
 
 from lazydrift import NTKMLP, DriftRecorder, fused_sgd, log_schedule, mse_loss
+from lazydrift.experiment import resolve_device
 
 V, BATCH = 2000, 256
 
@@ -214,8 +215,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
     widths = [500, 2000] if args.quick else [2000, 10000, 30000]
     repeat = 3 if device.type == "cpu" else 10
