@@ -168,6 +168,7 @@ def test_limit_ntk_equals_theorem_1_for_its_depth_and_scale():
     assert theta[1, 2].item() == pytest.approx(3 / 4, rel=1e-14)  # the same word twice
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parameterization", ["ntk", "mup", "pytorch"])
 def test_limit_nngp_matches_the_output_covariance_over_seeds(parameterization):
     """Monte Carlo: E[f_k(x) f_k(z)] over 150 seeds and 4 outputs of width-512 networks (600
