@@ -109,7 +109,10 @@ def bench(widths, repeat: int) -> dict:
               f"momentum ratio {row['momentum_ratio']:.3f} (predicted {row['momentum_predicted']:.3f}) | "
               f"triad {bw / 1e9:.1f} GB/s", flush=True)
         del fns
-    return {"threads": torch.get_num_threads(), "rows": rows}
+    import platform
+
+    return {"threads": torch.get_num_threads(), "device": f"cpu ({platform.processor() or platform.machine()})",
+            "rows": rows}
 
 
 def main() -> None:

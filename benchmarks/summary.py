@@ -1,6 +1,7 @@
 """One table of every benchmark target and its measured ratio, from the scripts' --json files.
 
-    python benchmarks/summary.py results/bench/train.json results/bench/kernels.json [results/bench/ntk.json]
+    python benchmarks/summary.py results/bench/train.json results/bench/kernels.json [results/bench/ntk.json
+        [results/bench/optimizers.json]]
 """
 
 from __future__ import annotations
@@ -87,14 +88,27 @@ def ntk_rows(ntk: dict) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def optimizer_rows(opt: dict) -> list[tuple[str, str, str, str]]:
+    """The rows of benchmarks/bench_optimizers.py: Adam (and momentum) step over the fused SGD step,
+    against the ratio predicted from the bytes the optimizer must move (README, "Performance")."""
+    out = []
+    for r in opt.get("rows", []):
+        out.append((f"Adam step / fused SGD step, width {r['width']} ({opt.get('threads', '?')} threads)",
+                    f"<= {r['adam_predicted']:.3f} (bytes)", f"{r['adam_ratio']:.3f}",
+                    f"momentum {r['momentum_ratio']:.3f} (bytes {r['momentum_predicted']:.3f}); Adam after a plain "
+                    f"backward {r['adam_plain_ratio']:.3f}; SGD step {r['sgd_s']:.3f} s; triad {r['bandwidth_gbs']:.1f} GB/s"))
+    return out
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     train = json.loads(Path(argv[0]).read_text()) if len(argv) > 0 and Path(argv[0]).is_file() else {}
     kernels = json.loads(Path(argv[1]).read_text()) if len(argv) > 1 and Path(argv[1]).is_file() else {}
     ntk = json.loads(Path(argv[2]).read_text()) if len(argv) > 2 and Path(argv[2]).is_file() else {}
-    table = rows(train, kernels) + ntk_rows(ntk)
+    opt = json.loads(Path(argv[3]).read_text()) if len(argv) > 3 and Path(argv[3]).is_file() else {}
+    table = rows(train, kernels) + ntk_rows(ntk) + optimizer_rows(opt)
     widths = [max(len(r[k]) for r in table + [("target", "goal", "measured", "notes")]) for k in range(4)]
-    print(f"\ndevice: {train.get('device') or kernels.get('device') or ntk.get('device', '?')}")
+    print(f"\ndevice: {train.get('device') or kernels.get('device') or ntk.get('device') or opt.get('device', '?')}")
     for r in [("target", "goal", "measured", "notes")] + table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     return 0

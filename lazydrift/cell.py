@@ -1,19 +1,23 @@
 """One cell of a recipe: train a network with the recorder on its schedule, write the cell's results.
 
-:func:`run_cell` is the whole training run of one (parameterization, seed, width), written as
-one loop in the spirit of nanoGPT's ``train.py``::
+:func:`run_cell` is the whole training run of one (protocol, seed, width), written as one loop in
+the spirit of nanoGPT's ``train.py``::
 
     for step in steps:
         x, y = next batch
-        loss = optimizer_step(x, y)       forward, backward, update
+        with optimizer.step():            the protocol's optimizer updates the weights inside backward
+            loss = loss_fn(model(x), y)   the protocol's loss
+            loss.backward()
         stop if the loss is not finite
         log the loss every 10 steps
-        record h_t on the log-spaced schedule; stop if it is not finite
+        record h_t on the schedule; stop if it is not finite
         checkpoint when due
 
-Before the loop it builds the model, recorder, sampler and optimizer step (or restores them
-from the cell's checkpoint); after it, it evaluates what needs the trained model (analogies),
-frees it, records the noise floor on an untouched copy and writes the cell's files.
+Before the loop it builds the model, recorder, sampler, optimizer and loss from the cell's
+protocol (:class:`lazydrift.recipes.Cell`), or restores them from the cell's checkpoint (the
+optimizer's state included: Adam's moments, momentum's buffers); after it, it evaluates what
+needs the trained model (analogies), frees it, records the noise floor on an untouched copy
+and writes the cell's files.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ from tqdm.auto import tqdm
 from . import metrics
 from .checkpoint import Checkpointer
 from .export import write_csv, write_json
-from .model import NTKMLP
-from .recipes import Cell, Recipe, RecipeError, fingerprint_digest
+from .fingerprints import relative_change
 from .kernel_drift import KernelDriftTracker
-from .recorder import DriftRecorder, log_schedule
+from .losses import loss_function
+from .model import NTKMLP
+from .optimizers import Optimizer
+from .recipes import Cell, Recipe, RecipeError, fingerprint_digest
+from .recorder import DriftRecorder
 from .tasks import Task, sampler_seed
-from .train import DivergenceError, sgd_step
+from .train import DivergenceError
 
 LOSS_EVERY = 10  # losses.csv: every 10th step and the last
 
@@ -65,8 +72,19 @@ def recorded_layers(recipe: Recipe) -> list[str]:
 def build_model(recipe: Recipe, task: Task, cell: Cell, device: torch.device) -> NTKMLP:
     m = recipe.model
     return NTKMLP(task.in_features, cell.width, task.out_features, depth=m.depth,
-                  parameterization=cell.parameterization, input_scale=m.input_scale,
+                  parameterization=cell.parameterization, input_scale=cell.input_scale,
                   seed=cell.seed, device=device)
+
+
+def build_optimizer(recipe: Recipe, cell: Cell, model: NTKMLP) -> Optimizer:
+    """The cell's optimizer at its learning rate, with the recipe's hyperparameters for it."""
+    return Optimizer(model, cell.optimizer, cell.lr, in_backward=recipe.train.fused_sgd,
+                     **recipe.optimizer_options(cell.optimizer))
+
+
+def lr_key(recipe: Recipe, cell: Cell) -> str:
+    """Where the cell's learning rate is set, for messages."""
+    return f"the lr of [[protocol]] {cell.protocol!r}" if recipe.protocol else "[train] lr"
 
 
 def make_recorder(recipe: Recipe, model: NTKMLP, task: Task, layers: list[str], kernel: bool = True) -> DriftRecorder:
@@ -74,7 +92,7 @@ def make_recorder(recipe: Recipe, model: NTKMLP, task: Task, layers: list[str], 
     k = min(r.gram_probes, len(task.probes))
     pairs = None if k < 2 else list(zip(*metrics.all_pairs(k)))
     return DriftRecorder(model, layers=layers, probes=task.probes, pairs=pairs, probe_batch_size=r.probe_batch_size,
-                         **(kernel_options(recipe, task) if kernel else {}))
+                         stats={"rel_l2": relative_change}, **(kernel_options(recipe, task) if kernel else {}))
 
 
 def kernel_options(recipe: Recipe, task: Task) -> dict:
@@ -103,8 +121,9 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
     model = build_model(recipe, task, cell, device)
     rec = make_recorder(recipe, model, task, layers)
     sampler = task.make_sampler(sampler_seed(cell.seed))
-    optimizer_step = sgd_step(model, t.lr, fused=t.fused_sgd)
-    record_at = set(log_schedule(t.steps, recipe.record.points))
+    optimizer = build_optimizer(recipe, cell, model)
+    loss_fn = loss_function(cell.loss)
+    record_at = set(recipe.record_steps())
     ckpt = Checkpointer(cell_dir, recipe, cell)
     done, losses, seconds_before = 0, [], 0.0
     saved = ckpt.load() if resume else None
@@ -112,6 +131,7 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
         model.load_state_dict(saved["model"])
         sampler.load_state_dict(saved["sampler"])
         rec.load_state_dict(saved["recorder"])
+        optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
         done, seconds_before = int(saved["step"]), float(saved["seconds"])
         losses = [(int(s), float(v)) for s, v in saved["losses"]]
@@ -119,7 +139,8 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
 
     def state(step: int) -> dict:  # what --resume needs to continue after ``step``
         return {"step": step, "losses": [list(pair) for pair in losses], "model": model.state_dict(),
-                "sampler": sampler.state_dict(), "recorder": rec.state_dict(), "torch_rng": torch.get_rng_state(),
+                "sampler": sampler.state_dict(), "recorder": rec.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
                 "seconds": seconds_before + time.perf_counter() - start}
 
     status, error, extras = "completed", "", {}
@@ -131,16 +152,20 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
         try:
             for step in range(done + 1, t.steps + 1):
                 x, y = (v.to(device, non_blocking=True) for v in sampler.next_batch())
-                loss = optimizer_step(x, y)
+                with optimizer.step():  # the weights are updated inside backward()
+                    loss = loss_fn(model(x), y)
+                    loss.backward()
+                loss = loss.item()
                 if not math.isfinite(loss):
-                    raise DivergenceError(step, loss, t.lr)
+                    raise DivergenceError(step, loss, cell.lr, optimizer=cell.optimizer, key=lr_key(recipe, cell))
                 done = step
                 if step % LOSS_EVERY == 0 or step == t.steps:
                     losses.append((step, loss))
                 if step in record_at:
                     for layer, l2 in rec.record(step).items():
                         if not np.isfinite(l2).all():
-                            raise DivergenceError(step, loss, t.lr, what=f"{layer} activation")
+                            raise DivergenceError(step, loss, cell.lr, what=f"{layer} activation",
+                                                  optimizer=cell.optimizer, key=lr_key(recipe, cell))
                 if ckpt.due(step) and step < t.steps:
                     ckpt.save(state(step))
                 bar.update(1)
@@ -156,7 +181,8 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
     seconds = seconds_before + time.perf_counter() - start
 
     rec.release_model()  # free the trained weights before the untouched copy is built
-    del model, optimizer_step, state
+    optimizer.close()
+    del model, optimizer, state
     floor = record_noise_floor(recipe, task, cell, device, layers) if recipe.record.noise_floor and status == "completed" else None
     write_cell_outputs(rec, losses, floor, task, cell_dir)
     info = {**cell.keys(), "status": status, "error": error, "steps_done": done, "layers": layers,
@@ -194,7 +220,7 @@ def record_noise_floor(recipe: Recipe, task: Task, cell: Cell, device: torch.dev
     because each kernel costs about a training step at the paper's widths.  Returns the
     recorder and those kernel rows (None without the kernel).
     """
-    steps = log_schedule(recipe.train.steps, recipe.record.points)
+    steps = recipe.record_steps()
     model = build_model(recipe, task, cell, device)
     rec = make_recorder(recipe, model, task, layers, kernel=False)
     picks = sorted({steps[round(k)] for k in np.linspace(0, len(steps) - 1, min(passes, len(steps)))})

@@ -11,6 +11,7 @@ written for another recipe.  Optimizer state joins the payload when an optimizer
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
 
@@ -25,6 +26,24 @@ FILENAME = "checkpoint.pt"
 
 class ForeignCheckpointError(UserError):
     """A checkpoint was written for another recipe or cell."""
+
+
+class DamagedCheckpointError(UserError):
+    """A checkpoint file does not read as one (cut short, emptied, overwritten)."""
+
+
+def _load(path: Path, mmap: bool = False) -> dict:
+    """``torch.load`` of a checkpoint, or a one-line DamagedCheckpointError naming it and the fix."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
+        problem = "an empty file" if path.stat().st_size == 0 else str(e).split(". ")[0]  # torch's run on
+    else:
+        if isinstance(state, dict):
+            return state
+        problem = f"it holds a {type(state).__name__}, not a checkpoint"
+    raise DamagedCheckpointError(f"{path} cannot be read ({problem}); delete it to run that cell again from step 0 "
+                                 "with --resume, or rerun with --overwrite")
 
 
 class Checkpointer:
@@ -50,7 +69,7 @@ class Checkpointer:
         """The saved state, or None without a checkpoint; raises if it belongs to another recipe or cell."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        state = _load(self.path)
         check(state, self.path, self.recipe, self.cell)
         return state
 
@@ -60,7 +79,7 @@ class Checkpointer:
 
 def check_file(path: Path, recipe: Recipe, cell: Cell) -> None:
     """Check the checkpoint at ``path`` against a recipe and cell without reading its tensors."""
-    check(torch.load(path, map_location="cpu", weights_only=True, mmap=True), path, recipe, cell)
+    check(_load(path, mmap=True), path, recipe, cell)
 
 
 def check(state: dict, path: Path, recipe: Recipe, cell: Cell) -> None:

@@ -11,10 +11,13 @@ run ended.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+
+from .errors import UserError
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -42,7 +45,9 @@ def cmd_run(args) -> int:
     if args.download:
         overrides.append("data.download=true")
     recipe = load_recipe(args.recipe, overrides)
-    out = Path(args.out) if args.out else Path("results") / recipe.name
+    if args.out is not None and not args.out.strip():  # Path("") would be the current folder
+        raise UserError("--out is empty: give a folder, or leave --out out for results/<recipe name>")
+    out = Path(args.out) if args.out is not None else default_out(recipe)
     shard = resolve_shard(args.shard)  # --shard i/N, torchrun's RANK/WORLD_SIZE or a Slurm array
     if shard is not None:
         bind_local_device()
@@ -61,15 +66,28 @@ def cmd_run(args) -> int:
     return 0
 
 
+def default_out(recipe) -> Path:
+    """``results/<name>``, for a name that is one folder name (not ``../x``, ``a/b`` or ``/abs``)."""
+    name = recipe.name
+    if name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise UserError(f"{recipe.path}: name {name!r} is not a folder name, and results/<name>/ is where the run "
+                        "would go; use a name without '/' (or '.', '..') or pass --out")
+    return Path("results") / name
+
+
 def cmd_plot(args) -> int:
     from .plots import plot_results
 
+    skipped: list[str] = []
     try:
-        written = plot_results(args.results)
-    except FileNotFoundError as e:
-        return _error(str(e))
+        written = plot_results(args.results, skipped)
+    except OSError as e:  # a read-only folder, a full disk
+        return _error(f"{args.results}: cannot write the figures there ({e.strerror or e}); "
+                      "copy the folder somewhere writable and plot the copy")
     for path in written:
         print(f"lazydrift: wrote {path}")
+    for reason in skipped:
+        print(f"lazydrift: skipped {reason}")
     return 0
 
 
@@ -130,12 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _continue(args) -> str:
+    """How to pick up after an interrupt: only a run has anything to resume."""
+    return "; continue with --resume" if args.command == "run" else ""
+
+
 def _terminate(signum, frame):
     raise Terminated("terminated by SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import UserError
     from .text8 import DataNotFoundError  # and its subclass CorruptDataError: the message says how to fix it
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -149,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DataNotFoundError) as e:
         return _error(str(e))
     except Terminated:
-        return _error("terminated (SIGTERM); continue with --resume", EXIT_TERMINATED)
+        return _error(f"terminated (SIGTERM){_continue(args)}", EXIT_TERMINATED)
     except KeyboardInterrupt:
-        return _error("interrupted; continue with --resume", EXIT_INTERRUPTED)
+        return _error(f"interrupted{_continue(args)}", EXIT_INTERRUPTED)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vjp, vmap
 
+from .features import preserved_buffers
 from .model import InputLayer, ScaledLinear
 
 __all__ = ["empirical_ntk", "jacobian_ntk", "structured_ntk", "random_output_vector", "StructureError"]
@@ -107,15 +108,15 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
 # ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _evaluation(model: nn.Module) -> Iterator[None]:
-    """Eval mode, no fused SGD and no TF32 matmuls inside the block; every module's previous state
-    and the TF32 switch are restored after."""
+    """Eval mode, no fused SGD and no TF32 matmuls inside the block; every module's previous state,
+    every buffer (a forward may update one whatever the mode) and the TF32 switch are restored after."""
     modes = [(m, m.training) for m in model.modules()]
     fused = [(m, m.sgd_lr) for m in model.modules() if getattr(m, "sgd_lr", None) is not None]
     model.eval()
     for m, _ in fused:
         m.sgd_lr = None  # else ScaledLinear's backward would apply an SGD step to the weights
     try:
-        with _no_tf32():
+        with _no_tf32(), preserved_buffers(model):
             yield
     finally:
         for m, training in modes:
@@ -201,7 +202,7 @@ def jacobian_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = N
         def scalar_output(p, xi):
             return functional_call(model, (p, buffers), (xi.unsqueeze(0),)).reshape(-1) @ cot
 
-        jac = vmap(jacrev(scalar_output), in_dims=(None, 0))
+        jac = _batched(jacrev(scalar_output), in_dims=(None, 0))
 
         def jacobians(x):
             return [{k: v.reshape(v.shape[0], -1) for k, v in jac(params, x[i:i + batch_size]).items()}
@@ -342,6 +343,29 @@ def _layer_kernel(layer: _Layer, deltas: list[torch.Tensor], n: int, batch_size:
     return _position_kernel(a_rows, d_rows, weight_scale, bias is not None and bias.requires_grad)
 
 
+def _batched(fn, in_dims):
+    """``vmap(fn, in_dims)``, or the same map as a plain loop over examples for modules vmap cannot
+    batch (nn.GRU/nn.LSTM's fused kernels): slower, never a different answer."""
+    vectorized = vmap(fn, in_dims=in_dims)
+    use_loop = False
+
+    def loop(*args):
+        n = next(a.shape[0] for a, d in zip(args, in_dims) if d == 0)
+        rows = [fn(*(a[i] if d == 0 else a for a, d in zip(args, in_dims))) for i in range(n)]
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def call(*args):
+        nonlocal use_loop
+        if not use_loop:
+            try:
+                return vectorized(*args)
+            except RuntimeError:  # vmap's batching rule does not exist or does not fit this module
+                use_loop = True
+        return loop(*args)
+
+    return call
+
+
 def _module_kernel(layer: _Layer, deltas: list[torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
     """Per-example VJPs of one module's own parameters (the Jacobian route for that module only)."""
     module = layer.module
@@ -355,7 +379,7 @@ def _module_kernel(layer: _Layer, deltas: list[torch.Tensor], n: int, batch_size
             _, pullback = vjp(lambda p: functional_call(module, p, inputs, kwargs)[0], params)
             return pullback(delta_i)[0]
 
-        per_example = vmap(lambda d_i, *ex: grad_one(*ex, delta_i=d_i), in_dims=(0,) + batched)
+        per_example = _batched(lambda d_i, *ex: grad_one(*ex, delta_i=d_i), in_dims=(0,) + batched)
         chunks = []
         for i0 in range(0, n, batch_size):
             ex = tuple(t[i0:i0 + batch_size] if isinstance(t, torch.Tensor) else t for t in args)
@@ -432,12 +456,12 @@ def _check_batch_independence(model: nn.Module, x: torch.Tensor, out: torch.Tens
     outputs at O(1).
     """
     n = x.shape[0]
-    if n < 2:
-        return
+    if n < 2 or not torch.isfinite(out).all():
+        return  # a diverged network (inf or NaN outputs) has a non-finite kernel, not a batch-mixing one
     k = min(2, n - 1)
     hooks.batch, hooks.capture = k, False
     try:
-        with torch.no_grad():
+        with torch.no_grad(), preserved_buffers(model):  # it sees the buffers the full pass saw
             sub = model(x[:k]).reshape(k, -1)
     except StructureError:
         raise
@@ -480,11 +504,13 @@ def structured_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None =
     try:
         with _evaluation(model), torch.enable_grad():
             hooks.batch, hooks.capture = n, True
-            out = model(x).reshape(n, -1)
+            with preserved_buffers(model):  # every pass starts from the same buffers
+                out = model(x).reshape(n, -1)
             if hooks.modified():
                 hooks.clear()
                 hooks.copy = True
-                out = model(x).reshape(n, -1)
+                with preserved_buffers(model):
+                    out = model(x).reshape(n, -1)
             hooks.capture = False
             _check_batch_independence(model, x, out, hooks)
             hooks.batch = 0  # inert from here on: _module_kernel calls modules again

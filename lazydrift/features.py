@@ -27,7 +27,8 @@ at inputs X" has one definition:
   of ``batch_size`` along its first dimension, floating tensors are cast to the model's
   floating dtype and everything is moved to the model's device.
 * **No side effects.** The pass runs in eval mode under ``torch.no_grad()`` and restores every
-  submodule's train/eval flag; it forks the RNG of every device in use
+  submodule's train/eval flag and every buffer (a forward that updates a moving average or a
+  counter whatever the mode leaves no trace); it forks the RNG of every device in use
   (``torch.random.fork_rng``) and seeds it with ``seed``, so the caller's RNG does not move and
   a model that samples noise in its forward sees the same noise on every pass; its forward
   hooks exist only while it runs, so nothing is left on the model.
@@ -145,7 +146,8 @@ class Batch:
         """Moved to ``device``, floating tensors cast to ``float_dtype``; ``copy`` forces a private copy."""
         def move(t):
             dtype = float_dtype if (float_dtype is not None and t.is_floating_point()) else t.dtype
-            return t.to(device=device, dtype=dtype, copy=copy)
+            # detached: inputs are data; a copy of an input that requires grad would keep the caller's graph
+            return t.detach().to(device=device, dtype=dtype, copy=copy)
         return self._map(move)
 
     def rows(self, index) -> "Batch":
@@ -177,12 +179,34 @@ def own_rng(devices: Sequence[torch.device], seed: int | None) -> Iterator[None]
 
 
 @contextlib.contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Every buffer of ``model`` holds its entry value again on exit.
+
+    Eval mode stops batch norm from updating its statistics, but a forward pass may update
+    other buffers whatever the mode (an exponential moving average, a step counter, a cache);
+    a measurement pass must leave no trace of them in training.  Buffers changed in place are
+    copied back and buffers the forward reassigned are put back.
+    """
+    saved = [(module, name, buffer, buffer._version, buffer.detach().clone())
+             for module in model.modules() for name, buffer in module._buffers.items() if buffer is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, name, buffer, version, value in saved:
+                module._buffers[name] = buffer
+                if buffer._version != version:
+                    buffer.copy_(value)
+
+
+@contextlib.contextmanager
 def eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad inside; every submodule's own train/eval flag restored after."""
+    """Eval mode and no grad inside; every submodule's own train/eval flag and every buffer
+    (:func:`preserved_buffers`) restored after."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), preserved_buffers(model):
             yield
     finally:
         for module, mode in modes:
@@ -206,6 +230,14 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     scale = b.abs().max().item()
     diff = (a - b).abs().max().item()
     return diff / scale if scale > 0 else diff
+
+
+def _integer_ranges(batch: Batch) -> str:
+    """", ids in [lo, hi]" for each integer tensor of ``batch`` (token ids out of range are a common cause)."""
+    ranges = [f"[{int(t.min())}, {int(t.max())}]" for t in (*batch.args, *batch.kwargs.values())
+              if isinstance(t, torch.Tensor) and t.numel() and not t.is_floating_point() and not t.is_complex()
+              and t.dtype != torch.bool]
+    return f", integer values in {', '.join(ranges)}" if ranges else ""
 
 
 # -- the extractor -----------------------------------------------------------------------------------
@@ -240,9 +272,18 @@ class FeatureExtractor:
         requests = [self._resolve(name) for name in dict.fromkeys(layers)]
         unknown = [name for name, r in zip(dict.fromkeys(layers), requests) if r is None]
         if unknown:
-            raise ValueError(f"unknown layer name(s) {unknown}; available: {', '.join(self.available())}")
+            hint = ("; to record the model's own output, wrap it: nn.Sequential(model) and layer '0'"
+                    if "" in unknown or not self.available() else "")
+            available = ", ".join(self.available()) or "none (the model has no submodules)"
+            raise ValueError(f"unknown layer name(s) {unknown}; available: {available}{hint}")
         if not requests:
             raise ValueError("layers= must name at least one module")
+        containers = [m for m, _ in requests if isinstance(self._modules[m], (nn.ModuleList, nn.ModuleDict))]
+        if containers:  # they hold modules but never run themselves, so no hook on them ever fires
+            name = containers[0]
+            children = [f"{name}.{child}" for child, _ in self._modules[name].named_children()]
+            raise ValueError(f"layer {name} is an nn.{type(self._modules[name]).__name__}, a container that never runs "
+                             f"itself; record its elements: {', '.join(children) or '(it is empty)'}")
         self._requests: list[tuple[str, int | None]] = list(dict.fromkeys(requests))
         self._select: dict[tuple[str, int | None], Select] = {}
         for name, fn in (select or {}).items():
@@ -376,11 +417,18 @@ class FeatureExtractor:
                     targets = self._targets()
                     state.update(start=start, size=size, counts={}, captured=set(), stop=targets is not None,
                                  remaining=set(targets or ()))
+                    chunk = batch.rows(slice(start, start + size))
                     try:
-                        batch.rows(slice(start, start + size))(self.root)
+                        chunk(self.root)
                         finished = True
                     except _StopForward:
                         finished = False
+                    except Exception as e:  # the model's own error ("index out of range in self"): say where
+                        if hasattr(e, "add_note"):  # Python >= 3.11
+                            e.add_note(f"lazydrift: raised in a pass of the model (eval mode, no grad) on inputs "
+                                       f"{start} to {start + size - 1} of {batch.n}: {chunk.describe()}"
+                                       + _integer_ranges(chunk))
+                        raise
                     if finished:
                         self._learn_calls(state["counts"], plain)
                     missing = [t for t in self._targets() if t not in state["captured"]]

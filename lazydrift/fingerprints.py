@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
 from .scaling import fit_loglog
@@ -39,6 +40,13 @@ PAPER_TABLE1 = {  # paper Table 1: measure -> ((mean, s.d.) at 10K, (mean, s.d.)
     "ratio": ((51.1774, 0.7959), (76.5406, 1.5052)),
 }
 FINGERPRINTS = ("flatness", "cv_l2", "cv_linf", "cv_ratio")
+
+
+def relative_change(h: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """Per probe ||h_t - h_0||_2 / ||h_0||_2, how far the features moved against their own size: a
+    laziness indicator (small in the kernel regime).  The recorder's ``rel_l2`` column
+    (``DriftRecorder(stats={"rel_l2": relative_change})``, drift.csv)."""
+    return torch.linalg.vector_norm((h - h0).flatten(1), dim=1) / torch.linalg.vector_norm(h0.flatten(1), dim=1)
 
 
 def probe_fingerprint(l2, linf, ratio, width: int, weights=None) -> dict:
@@ -188,3 +196,106 @@ def compare_to_paper(cells: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                      "top_width": top, "ours": mean, "low": low, "high": high,
                      "paper": paper["exponents"][m], "verdict": verdict(paper["exponents"][m], low, high)})
     return pd.DataFrame(rows)
+
+
+# -- fingerprints.csv: every run's fingerprints beside the paper's -----------------------------------
+AVERAGING = ("word", "occurrence")  # each probe once | each probe weighted by its count in the corpus
+CELL_FINGERPRINTS = ("l2_mean", "linf_mean", "ratio_mean", "flatness", "cv_l2", "cv_linf", "cv_ratio")
+EXPONENTS = tuple(f"exponent_{m}" for m in MEASURES)
+FINGERPRINT_COLUMNS = ["layer", "step", "averaging", "fingerprint", "value", "ci_low", "ci_high",
+                       "paper_10k", "paper_30k", "paper_exponent"]
+
+
+def run_fingerprints(drift: pd.DataFrame, keys: list[str], counts=None) -> pd.DataFrame:
+    """:func:`probe_fingerprint` of every (cell, layer, recorded step > 0), one row each per averaging.
+
+    ``drift`` holds drift.csv rows (``keys`` with ``width`` among them, layer, step, probe, l2,
+    linf, ratio).  ``averaging`` is ``word`` (each probe once) and, when ``counts`` (each probe's
+    count in the corpus, indexed by probe) is given, ``occurrence``: the average over the
+    dataset's inputs with repetition.  Wide: one column per :func:`probe_fingerprint` output.
+    """
+    group = [*keys, "layer", "step"]
+    counts = None if counts is None else np.asarray(counts, dtype=float)
+    rows = []
+    for key, g in drift[drift.step > 0].groupby(group, sort=False):
+        base = dict(zip(group, key))
+        width = int(base["width"])
+        fp = probe_fingerprint(g.l2, g.linf, g.ratio, width)
+        rows.append({**base, "averaging": "word", **{k: v for k, v in fp.items() if k != "width"}})
+        if counts is not None:
+            fp = probe_fingerprint(g.l2, g.linf, g.ratio, width, weights=counts[g.probe.to_numpy()])
+            rows.append({**base, "averaging": "occurrence", **{k: v for k, v in fp.items() if k != "width"}})
+    return pd.DataFrame(rows)
+
+
+def fingerprint_table(wide: pd.DataFrame, keys: list[str], level: float = 0.95) -> pd.DataFrame:
+    """fingerprints.csv: :func:`run_fingerprints` rows in long form beside the paper's values, and
+    for every (protocol, layer, step, averaging) with >= 3 widths the fitted width exponents.
+
+    Columns: ``keys``, layer, step, averaging, fingerprint, value, ci_low, ci_high, paper_10k,
+    paper_30k, paper_exponent.  A per-cell row (fingerprint one of :data:`CELL_FINGERPRINTS`)
+    has the paper's value at 10K and 30K; an exponent row (``exponent_l2`` ...) has seed and
+    width empty, the OLS slope over every cell of that protocol (all seeds pooled,
+    :func:`width_exponents`) with its ``level`` CI, and the paper's 10K -> 30K exponent.
+    """
+    paper = paper_fingerprints()
+    cell_part = wide.melt(id_vars=[*keys, "layer", "step", "averaging"], value_vars=list(CELL_FINGERPRINTS),
+                          var_name="fingerprint", value_name="value")
+    cell_part = cell_part.assign(ci_low=np.nan, ci_high=np.nan,
+                                 paper_10k=cell_part.fingerprint.map(lambda f: paper[PAPER_WIDTHS[0]][f]),
+                                 paper_30k=cell_part.fingerprint.map(lambda f: paper[PAPER_WIDTHS[1]][f]),
+                                 paper_exponent=np.nan)
+    by = [k for k in keys if k not in ("seed", "width")] + ["layer", "step", "averaging"]
+    parts = [cell_part]
+    for key, g in wide.groupby(by, sort=False):
+        if g.width.nunique() < 3:
+            continue
+        fits = width_exponents(g, level=level)
+        parts.append(pd.DataFrame({**dict(zip(by, key)), "seed": np.nan, "width": np.nan,
+                                   "fingerprint": [f"exponent_{m}" for m in fits.measure], "value": fits.slope,
+                                   "ci_low": fits.ci_low, "ci_high": fits.ci_high, "paper_10k": np.nan,
+                                   "paper_30k": np.nan,
+                                   "paper_exponent": [paper["exponents"][m] for m in fits.measure]}))
+    out = pd.concat(parts, ignore_index=True)[[*keys, *FINGERPRINT_COLUMNS]]
+    return out.astype({k: "Int64" for k in ("seed", "width") if k in keys})  # exponent rows: empty
+
+
+def wide_fingerprints(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The per-cell rows of a fingerprints.csv table back in wide form (one column per fingerprint)."""
+    cells = table[table.fingerprint.isin(CELL_FINGERPRINTS)]
+    index = [*keys, "layer", "step", "averaging"]
+    wide = cells.set_index([*index, "fingerprint"]).value.unstack("fingerprint")
+    return wide[[f for f in CELL_FINGERPRINTS if f in wide]].reset_index().rename_axis(columns=None)
+
+
+# -- which of the paper's fingerprints a run shows (single runs: stated rules, no seed intervals) -----
+SPREAD_FACTOR = 1.5  # CV of l2 and of linf within this factor of the paper's
+
+
+def gaussian_flatness(width: int) -> float:
+    """ratio / sqrt(width) for i.i.d. Gaussian deviations: l2 ~ s sqrt(n), linf ~ s sqrt(2 ln n)."""
+    return 1 / math.sqrt(2 * math.log(width))
+
+
+def shows_flatness(flatness: float, width: int) -> bool:
+    """The paper's flat deviations (0.51, 0.44): ours nearer, in log, to the paper's mean flatness
+    than to the Gaussian-like value :func:`gaussian_flatness` at our width."""
+    paper = paper_fingerprints()
+    target = math.sqrt(paper[PAPER_WIDTHS[0]]["flatness"] * paper[PAPER_WIDTHS[1]]["flatness"])
+    return bool(np.isfinite(flatness) and flatness > math.sqrt(target * gaussian_flatness(width)))
+
+
+def shows_width_trend(exponent_l2: float, exponent_linf: float) -> bool:
+    """The paper's width trend (l2 and linf both grow with width: exponents 0.70 and 0.33, where lazy
+    NTK training gives 0 and -1/2): both of ours positive."""
+    return bool(exponent_l2 > 0 and exponent_linf > 0)
+
+
+def shows_spread(cv_l2: float, cv_linf: float, cv_ratio: float) -> bool:
+    """The paper's spread across inputs (CV of l2 and linf about 0.21, of the ratio 0.02: parallel
+    deviations): CV of l2 and of linf within :data:`SPREAD_FACTOR` of the paper's at 10K, and CV of
+    the ratio below a quarter of both."""
+    paper = paper_fingerprints()[PAPER_WIDTHS[0]]
+    near = all(paper[k] / SPREAD_FACTOR <= v <= paper[k] * SPREAD_FACTOR
+               for k, v in (("cv_l2", cv_l2), ("cv_linf", cv_linf)))
+    return bool(near and cv_ratio < min(cv_l2, cv_linf) / 4)

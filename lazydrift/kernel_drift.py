@@ -71,9 +71,12 @@ def kernel_cosine(a, b) -> float:
 
 
 def largest_eigenvalue(theta) -> float:
-    """The largest eigenvalue of the symmetric part of ``theta`` (float64 ``eigvalsh``)."""
+    """The largest eigenvalue of the symmetric part of ``theta`` (float64 ``eigvalsh``); NaN for a
+    kernel with inf or NaN entries (a diverged network), where ``eigvalsh`` fails to converge."""
     theta = _as_float64(theta)
     _check_square(theta, "theta")
+    if not torch.isfinite(theta).all():
+        return math.nan
     return torch.linalg.eigvalsh((theta + theta.T) / 2)[-1].item()
 
 

@@ -126,24 +126,51 @@ def torch_optimizer(name: str, groups: list[dict], lr: float, fused: bool | None
     return torch.optim.SGD(groups, lr=lr, momentum=h.get("momentum", 0.0), fused=fused)
 
 
+STATE_TENSORS = {"sgd": 0, "momentum": 1, "adam": 2}  # tensors shaped like each weight: buf; exp_avg, exp_avg_sq
+
+
+def state_bytes(name: str, weight_sizes: list[int], in_backward: bool = True, itemsize: int = 4) -> int:
+    """Bytes of optimizer state for weights of ``weight_sizes`` elements (the preflight estimate).
+
+    Momentum keeps one buffer per weight, Adam two moments (its step counters are scalars);
+    plain SGD keeps none.  In backward (:class:`Optimizer`) momentum and Adam add one gradient
+    buffer the size of the largest weight, reused by every layer, and fused SGD none; the
+    reference path (``in_backward=False``) holds a gradient per weight at once.
+    """
+    check_optimizer(name)
+    total = sum(weight_sizes)
+    state = STATE_TENSORS[name] * total
+    if not in_backward:
+        gradients = total
+    else:
+        gradients = 0 if name == "sgd" else max(weight_sizes, default=0)
+    return (state + gradients) * itemsize
+
+
 class Optimizer:
     """Train an NTKMLP with ``name`` at base learning rate ``lr`` (times each layer's factor).
 
     ``with opt.step():`` around the forward and backward pass of one step applies the update
     during ``backward()``; outside the block gradients accumulate as usual (``.grad``), so
     probe passes and other backward calls are unaffected.
+
+    ``in_backward=False`` is the reference path (``[train] fused_sgd = false``): plain autograd
+    fills every ``.grad`` and the ``torch.optim`` optimizer of :func:`torch_optimizer` steps on
+    leaving the block.  Both paths apply the same update (tests/test_optimizers.py).
     """
 
-    def __init__(self, model: nn.Module, name: str, lr: float, **overrides):
+    def __init__(self, model: nn.Module, name: str, lr: float, in_backward: bool = True, **overrides):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
-        self.model, self.name, self.lr = model, name, float(lr)
+        self.model, self.name, self.lr, self.in_backward = model, name, float(lr), in_backward
         self.hyper = hyperparameters(name, **overrides)
         self.factors = lr_factors(model, name)
         self._layers = model.linear_layers()
         self._per_weight: list[torch.optim.Optimizer] = []
         self._step = None
-        if name != "sgd":
+        if not in_backward:
+            self._per_weight.append(torch_optimizer(name, param_groups(model, name, self.lr), self.lr, **overrides))
+        elif name != "sgd":
             by_weight = {}
             for group in param_groups(model, name, self.lr):
                 opt = torch_optimizer(name, [group], self.lr, fused=True, **overrides)
@@ -154,6 +181,13 @@ class Optimizer:
     @contextlib.contextmanager
     def step(self) -> Iterator[None]:
         """Within the block, ``loss.backward()`` applies one update to every weight."""
+        if not self.in_backward:
+            (opt,) = self._per_weight
+            opt.zero_grad(set_to_none=True)
+            yield
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return
         if self.name == "sgd":
             with fused_sgd(self.model, self.lr):
                 yield
@@ -168,12 +202,12 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """Each weight's optimizer state (momentum buffers, Adam moments and step counts)."""
-        return {"name": self.name, "lr": self.lr, "hyper": dict(self.hyper),
+        return {"name": self.name, "lr": self.lr, "hyper": dict(self.hyper), "in_backward": self.in_backward,
                 "per_weight": [opt.state_dict() for opt in self._per_weight]}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = {"name": self.name, "lr": self.lr, "hyper": self.hyper}
-        theirs = {k: state[k] for k in mine}
+        mine = {"name": self.name, "lr": self.lr, "hyper": self.hyper, "in_backward": self.in_backward}
+        theirs = {k: state.get(k, True if k == "in_backward" else None) for k in mine}
         if theirs != mine:
             raise ValueError(f"optimizer state was saved with {theirs}, this optimizer has {mine}")
         for opt, s in zip(self._per_weight, state["per_weight"]):

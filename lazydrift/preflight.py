@@ -10,8 +10,10 @@ there is no /proc), ``torch.cuda.mem_get_info`` on CUDA.  In float32 (4 bytes), 
 the input and output sizes, n the width, L the hidden layers, P the probes, B the batch:
 
 * parameters: (V_in n + (L - 1) n^2 + n V_out) * 4;
-* optimizer state: none for fused SGD; ``torch.optim.SGD`` keeps a gradient per weight (one more
-  copy of the parameters);
+* optimizer state (:func:`lazydrift.optimizers.state_bytes`, the largest over the recipe's
+  optimizers): none for fused SGD; momentum one buffer per weight and Adam two (a copy of the
+  parameters each), plus one gradient buffer the size of the largest weight; with
+  ``fused_sgd = false`` (plain autograd and ``torch.optim``) a gradient per weight instead;
 * training activations: each hidden layer keeps its pre-activation and output, B n * 2 L * 4,
   plus the output and residual, 2 B V_out * 4;
 * h_0: P * (sum of the recorded layers' sizes) * 4, and the probe buffers as much again for h_t,
@@ -41,7 +43,7 @@ import torch
 
 from .errors import UserError
 from .recipes import Recipe, RecipeError
-from .recorder import log_schedule
+from .optimizers import state_bytes
 from .rundir import RunDirError, has_results, is_lazydrift_folder
 from .tasks import task_shape
 
@@ -54,9 +56,21 @@ class MemoryCheckError(UserError):
 
 def check(recipe: Recipe, device: torch.device, out: Path, layers: list[str]) -> None:
     """Every check, cheapest first; ``layers`` come from :func:`lazydrift.cell.recorded_layers`."""
+    check_cells(recipe)
     check_kernel(recipe)
     check_out(out)
     check_memory(recipe, device, layers)
+
+
+def check_cells(recipe: Recipe) -> None:
+    """No cell twice: a repeated width, seed or parameterization would train the same cell twice into
+    one folder (and a shard would wait for its own lock)."""
+    for where, values in (("[model] widths", recipe.model.widths), ("seeds", recipe.seeds),
+                          ("[model] parameterization", recipe.parameterizations)):
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            raise RecipeError(f"{recipe.path}: {where} lists {', '.join(map(str, repeated))} more than once; "
+                              "list each value once")
 
 
 def check_kernel(recipe: Recipe) -> None:
@@ -72,6 +86,13 @@ def check_kernel(recipe: Recipe) -> None:
 # -- the output folder ----------------------------------------------------------------------------
 def check_out(out: Path) -> None:
     """``out`` is a folder (or can be created) that this process can write, and not someone else's."""
+    try:
+        _check_out(out)
+    except OSError as e:  # a name too long for the filesystem, a loop of symbolic links, ...
+        raise RunDirError(f"--out {out}: {e.strerror or e}; choose another --out") from None
+
+
+def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out}: exists and is not a folder; choose another --out")
     existing = next(p for p in (out, *out.parents) if p.exists())
@@ -92,14 +113,15 @@ def cell_memory(recipe: Recipe, width: int, layers: list[str]) -> dict[str, int]
     """Bytes the cell of ``width`` needs at its peak, by part (see the module doc)."""
     d_in, d_out, probes = task_shape(recipe)
     depth, r, t = recipe.model.depth, recipe.record, recipe.train
-    params = (d_in * width + (depth - 1) * width * width + width * d_out) * FLOAT32
+    weights = [d_in * width] + [width * width] * (depth - 1) + [width * d_out]
+    params = sum(weights) * FLOAT32
     sizes = [d_out if layer == "readout" else width for layer in layers]
     batch = min(r.probe_batch_size, probes)
-    records = len(log_schedule(t.steps, r.points))
+    records = len(recipe.record_steps())
     k = min(r.gram_probes, probes)
     parts = {
         "parameters": params,
-        "optimizer state": 0 if t.fused_sgd else params,
+        "optimizer state": max(state_bytes(p.optimizer, weights, t.fused_sgd, FLOAT32) for p in recipe.protocols()),
         "training activations": (t.batch_size * width * 2 * depth + 2 * t.batch_size * d_out) * FLOAT32,
         "h_0": probes * sum(sizes) * FLOAT32,
         "probe buffers": (probes * sum(sizes) + probes * max(sizes) + 2 * batch * width) * FLOAT32,

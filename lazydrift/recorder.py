@@ -66,8 +66,8 @@ class DriftRecorder:
             each with the probes along its first dimension.  The recorder keeps its own copy,
             floating tensors cast to the model's floating dtype.
         pairs: Gram trajectories to record: ``"all"`` (every pair i < j), an integer k (every
-            pair among the first k probes), a list of (i, j) probe-index pairs, ``None``
-            (none), or ``"auto"`` (all pairs when there are at most 256 probes, else none).
+            pair among the first k probes), a list of (i, j) integer probe-index pairs,
+            ``None`` or ``[]`` (none), or ``"auto"`` (all pairs when there are at most 256 probes, else none).
         probe_batch_size: probes per forward pass.
         stop_early: end each probe pass once the recorded layers have produced their outputs.
         select: layer name -> function from the module's output to a probes-first tensor
@@ -109,7 +109,7 @@ class DriftRecorder:
         if not isinstance(probe_batch_size, int) or isinstance(probe_batch_size, bool) or probe_batch_size < 1:
             raise ValueError(f"probe_batch_size must be >= 1, got {probe_batch_size!r}")
         self.model = model
-        self._stat_dtype = torch.float64 if model_float_dtype(root) == torch.float64 else torch.float32
+        self._stat_dtype = _statistics_dtype(root)
         self._extractor = FeatureExtractor(model, layers, select=select, batch_size=probe_batch_size,
                                            dtype=self._stat_dtype, flatten=True, stop_early=stop_early)
         if probes is None:
@@ -192,7 +192,13 @@ class DriftRecorder:
             if not 2 <= pairs <= self.n_probes:
                 raise ValueError(f"pairs={pairs}: all pairs of the first k probes needs 2 <= k <= {self.n_probes}")
             return metrics.all_pairs(int(pairs))
-        arr = np.asarray(list(pairs), dtype=np.int64)
+        try:  # integers only: np.asarray(..., dtype=int64) would truncate (0.5, 1.7) to (0, 1) silently
+            rows = [tuple(operator.index(v) for v in pair) for pair in pairs]
+        except TypeError:
+            raise TypeError(f"pairs must be a list of (i, j) pairs of integer probe indices; got {pairs!r}") from None
+        if not rows:
+            return None  # an empty list: no pairs
+        arr = np.asarray(rows, dtype=np.int64)
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise ValueError("pairs must be a list of (i, j) probe-index pairs")
         if arr.size and (arr.min() < 0 or arr.max() >= self.n_probes):
@@ -266,6 +272,12 @@ class DriftRecorder:
 
     # -- probe passes ---------------------------------------------------------------------------
     def _probe_pass(self, check: bool = False) -> dict[str, torch.Tensor]:
+        root = unwrap(self.model)[0]
+        # The model may have been moved or cast (model.to(...), .double()) since the recorder was
+        # built: the probes follow it, and so does the statistics' dtype until h_0 is captured.
+        self.probes = self.probes.to(model_device(root), model_float_dtype(root))
+        if not self.h0:
+            self._stat_dtype = self._extractor.dtype = _statistics_dtype(root)
         hs = self._extractor(self.probes, check=check)
         self._layers = list(hs)
         return hs
@@ -300,8 +312,12 @@ class DriftRecorder:
         if set(hs) != set(self.h0):
             raise RuntimeError(f"record({step}): the probe pass gives layers {list(hs)} but h_0 holds {list(self.h0)}")
         self._check_gram_budget(len(hs), 1, f"record({step})", RuntimeError)
-        l2_by_layer = {}
+        # Everything is computed before anything is stored: a failure part way (a stats= function,
+        # the kernel, Ctrl-C) leaves no rows of this step, so record(step) can simply be called again.
+        drift, gram, neurons, l2_by_layer = [], [], {}, {}
         for name, h in hs.items():
+            if self.h0[name].device != h.device:  # the model moved after h_0 was captured
+                self.h0[name] = self.h0[name].to(h.device)
             h0 = self.h0[name]
             if h.shape != h0.shape:
                 raise RuntimeError(f"record({step}): layer {name} gives {tuple(h.shape)} but h_0 is "
@@ -310,14 +326,17 @@ class DriftRecorder:
             block = {"step": step, "layer": name, "l2": _numpy(l2), "linf": _numpy(linf), "ratio": _numpy(ratio)}
             for stat, fn in self.stats.items():
                 block[stat] = self._stat(stat, fn, h, h0)
-            self._drift.append(block)
+            drift.append(block)
             l2_by_layer[name] = block["l2"]
-            self._neurons[name] = (step, _numpy(mean_abs), _numpy(max_abs))
+            neurons[name] = (step, _numpy(mean_abs), _numpy(max_abs))
             if self.pairs is not None:
                 i, j = (torch.as_tensor(a, device=h.device) for a in self.pairs)
-                self._gram.append({"step": step, "layer": name, **metrics.gram_terms(h0, h, i, j)})
+                gram.append({"step": step, "layer": name, **metrics.gram_terms(h0, h, i, j)})
         if self._kernel is not None:
-            self._kernel_pass(step)
+            self._kernel_pass(step)  # the last step that can fail; it stores its row only on success
+        self._drift += drift
+        self._gram += gram
+        self._neurons.update(neurons)
         self._steps.append(step)
         return l2_by_layer
 
@@ -451,6 +470,11 @@ class DriftRecorder:
         self._steps = [int(s) for s in steps] if steps is not None else list(dict.fromkeys(b["step"] for b in self._drift))
         self._neurons = {name: (int(step), a.numpy(), b.numpy()) for name, (step, a, b) in state["neurons"].items()}
         self._restored = True
+
+
+def _statistics_dtype(model: nn.Module) -> torch.dtype:
+    """float64 for a float64 model, else float32 (bfloat16 and float16 models included)."""
+    return torch.float64 if model_float_dtype(model) == torch.float64 else torch.float32
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

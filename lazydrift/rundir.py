@@ -61,6 +61,28 @@ class BusyError(RunDirError):
     """Another live process holds the folder's (or a cell's) lock."""
 
 
+class DamagedFileError(RunDirError):
+    """A record lazydrift writes (recipe.json, run.json, cell.json) no longer reads as one."""
+
+
+def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """The JSON object lazydrift wrote at ``path`` (with ``keys``), or a one-line DamagedFileError.
+
+    Every record is written atomically, so one that does not parse was changed afterwards (an
+    editor, a copy cut short, a full disk)."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:  # ValueError: not JSON, not UTF-8
+        problem = e.strerror if isinstance(e, OSError) else f"not JSON: {e}"
+    else:
+        missing = [k for k in keys if k not in content] if isinstance(content, dict) else None
+        if missing == []:
+            return content
+        problem = f"no {', '.join(missing)}" if missing else f"a JSON {type(content).__name__}, not an object"
+    raise DamagedFileError(f"{path} cannot be read ({problem}); it was changed after lazydrift wrote it: "
+                           "delete it (a cell without cell.json runs again with --resume) or rerun with --overwrite")
+
+
 # -- the lock ------------------------------------------------------------------------------------
 def holder_line() -> str:
     """Who this process is, for the lock file: one JSON line."""
@@ -159,8 +181,10 @@ def stored_recipe(out: Path) -> tuple[dict, str] | None:
     path = out / RECIPE_FILE
     if not path.is_file():
         return None
+    stored = read_json(path, ("recipe",))
     try:
-        stored = json.loads(path.read_text())
+        if not isinstance(stored["recipe"], dict):
+            raise TypeError(f"its recipe is a JSON {type(stored['recipe']).__name__}, not an object")
         recipe = recipe_from_dict(stored["recipe"], path)
     except (ValueError, KeyError, TypeError, RecipeError) as e:
         raise RunDirError(f"{path} cannot be read ({e}); rerun with --overwrite to start afresh "
@@ -176,7 +200,7 @@ def _refuse_other_recipe(out: Path, theirs: dict, ours: dict, fix: str) -> None:
 def cell_state(out: Path, cell: Cell) -> dict | None:
     """The cell's cell.json content if it finished (completed or diverged), else None."""
     path = out / CELLS / cell.name / CELL_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, (*CELL_KEYS, "status")) if path.is_file() else None
 
 
 def claim(out: Path, recipe: Recipe, cells: list[Cell], *, resume: bool, overwrite: bool, whole: bool) -> None:
@@ -258,7 +282,7 @@ def read_cells(*dirs: Path) -> list[tuple[dict, Path]]:
     found = []
     for d in dirs:
         for info_path in sorted(Path(d).glob(f"{CELLS}/*/{CELL_FILE}")):
-            found.append((json.loads(info_path.read_text()), info_path.parent))
+            found.append((read_json(info_path, (*CELL_KEYS, "status")), info_path.parent))
     found.sort(key=lambda item: tuple(item[0][k] for k in CELL_KEYS))
     return found
 
@@ -279,18 +303,18 @@ def layer_order(infos: list[dict], present=()) -> list[str]:
 def stored_layers(out: Path, present=()) -> list[str]:
     """The layer order of a results folder: run.json's ``layers``, else its cells', else :func:`forward_order`."""
     run = Path(out) / RUN_FILE
-    layers = json.loads(run.read_text()).get("layers") if run.is_file() else None
+    layers = read_json(run).get("layers") if run.is_file() else None
     return list(layers) if layers else layer_order([i for i, _ in read_cells(Path(out))], present)
 
 
 def forward_order(names) -> list[str]:
-    """NTKMLP's forward order of module names (``hidden.k`` by k as a number, then ``readout``);
-    only for results that do not store their order."""
+    """NTKMLP's forward order of module names (``hidden.k`` by k as a number, then ``readout``), other
+    names after them in the order given; only for results that do not store their order."""
     def key(name: str):
         parts = name.split(".")
         if parts[0] == "hidden" and all(p.isdigit() for p in parts[1:]) and len(parts) > 1:
             return (0, *map(int, parts[1:]))
-        return (1, name) if name == "readout" else (2, name)
+        return (1,) if name == "readout" else (2,)  # sorted() is stable: the given order is kept
     return sorted(dict.fromkeys(names), key=key)
 
 

@@ -24,7 +24,6 @@ shard ``a * W + r`` of ``A * W``.  No process group is created: shards never com
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -127,7 +126,7 @@ def bind_local_device(env: Mapping[str, str] | None = None) -> None:
 def merge(out, sources=()) -> dict:
     """Combine the cells under ``out`` and ``sources`` into ``out``'s top-level files; returns run.json.
 
-    Every folder must belong to the same recipe (their recipe.json and every cell's fingerprint);
+    ``out`` may be a new folder when ``sources`` are given.  Every folder must belong to the same recipe (their recipe.json and every cell's fingerprint);
     anything else is refused with one line naming the keys that differ.  Cells of the recipe
     that are missing are listed in run.json's ``missing_cells`` (status ``incomplete``); a cell
     found in two folders is an error.  ``out`` is locked like a run: no run or merge may write
@@ -139,6 +138,8 @@ def merge(out, sources=()) -> dict:
         if d.resolve() not in [x.resolve() for x in dirs]:
             dirs.append(d)
     for d in dirs:
+        if d is out and sources and not out.exists():
+            continue  # a new folder for the merged sweep (created under the lock)
         if not d.is_dir():
             raise ShardError(f"{d}: no such folder")
     with rundir.lock(out):
@@ -156,9 +157,9 @@ def merge(out, sources=()) -> dict:
                 raise ShardError(f"cell {folder.name} is in both {seen[folder.name].parent} and {folder.parent}; "
                                  "remove one copy before merging")
             seen[folder.name] = folder
-        records = [json.loads(p.read_text()) for d in dirs for p in sorted(d.glob("shard-*-of-*.json"))]
+        records = [rundir.read_json(p) for d in dirs for p in sorted(d.glob("shard-*-of-*.json"))]
         if not records:
-            records = [json.loads((d / rundir.RUN_FILE).read_text()) for d in dirs if (d / rundir.RUN_FILE).is_file()]
+            records = [rundir.read_json(d / rundir.RUN_FILE) for d in dirs if (d / rundir.RUN_FILE).is_file()]
         info = next((r["data"] for r in records if r.get("data")), {})
         rundir.write_recipe(out, recipe)
         rundir.clear(out, cells=False)
@@ -185,7 +186,7 @@ def merged_recipe(dirs: list[Path]) -> Recipe:
     found = []
     for d in dirs:
         if (d / rundir.RECIPE_FILE).is_file():
-            found.append((d, rundir.stored_recipe(d)[0], json.loads((d / rundir.RECIPE_FILE).read_text())["recipe"]))
+            found.append((d, rundir.stored_recipe(d)[0], rundir.read_json(d / rundir.RECIPE_FILE)["recipe"]))
         elif rundir.has_results(d):
             raise ShardError(f"{d} holds results without a {rundir.RECIPE_FILE} (written by an older lazydrift); "
                              "rerun its shards or leave it out")

@@ -28,6 +28,7 @@ from typing import IO, Iterable, Iterator
 import numpy as np
 import torch
 
+from lazydrift.errors import UserError
 from lazydrift.export import atomic_write
 
 TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
@@ -48,6 +49,10 @@ class DataNotFoundError(Exception):
 
 class CorruptDataError(DataNotFoundError):
     """A data file exists but its size or SHA-256 is not the published one, so it is not used."""
+
+
+class VocabularyError(UserError, ValueError):
+    """The corpus cannot give the vocabulary asked for (too few distinct words)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +231,11 @@ def build_text8_mini(data_dir: str | os.PathLike) -> Path:
     """
     path = Path(data_dir) / "text8-mini"
     if not path.is_file():
-        wikifil_file(text8_mini_source(), path)
+        try:
+            wikifil_file(text8_mini_source(), path)
+        except OSError as e:  # a read-only working directory, a full disk
+            raise DataNotFoundError(f"cannot build text8-mini in {path.parent}/ ({e.strerror or e}); "
+                                    "point [data] data_dir at a writable folder") from None
     return path
 
 
@@ -414,9 +423,9 @@ def build_vocab(tokens: Iterable[str], size: int) -> Vocabulary:
         raise ValueError(f"vocabulary size must be >= 1, got {size}")
     counts = Counter(tokens)  # a dict: keys in order of first occurrence
     if len(counts) < size:
-        raise ValueError(
+        raise VocabularyError(
             f"vocabulary size {size} requested but the corpus has only {len(counts)} distinct "
-            f"words; lower the vocabulary size or use more tokens")
+            f"words; lower the vocabulary size ([data] vocab_size) or use more tokens ([data] max_tokens)")
     ranked = sorted(counts.items(), key=lambda item: -item[1])[:size]  # stable sort keeps ties
     words = [word for word, _ in ranked]
     return Vocabulary(words=words, counts=[count for _, count in ranked],

@@ -1,4 +1,7 @@
-"""The training step: plain SGD on the Euclidean loss, with the SGD step applied inside backward.
+"""The fused SGD step, the Euclidean loss, and the divergence error of the training loop.
+
+The training loop itself is :func:`lazydrift.cell.run_cell`; its optimizers are
+:mod:`lazydrift.optimizers` (``sgd`` is the fused step below) and its losses :mod:`lazydrift.losses`.
 
 ``fused_sgd(model, lr)`` makes ``loss.backward()`` update every NTKMLP weight in place as
 soon as its gradient is known (W.addmm_ for dense layers, index_add_ for the token lookup),
@@ -9,9 +12,7 @@ only on the parameters before the step), which tests check against ``torch.optim
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -20,10 +21,11 @@ from torch import nn
 class DivergenceError(RuntimeError):
     """The loss (or a recorded activation) became NaN or infinite."""
 
-    def __init__(self, step: int, loss: float, lr: float, what: str = "loss"):
-        self.step, self.loss, self.lr, self.what = step, loss, lr, what
-        super().__init__(f"training diverged at step {step}: {what} = {loss} with learning rate {lr}; "
-                         "lower [train] lr or check the data")
+    def __init__(self, step: int, loss: float, lr: float, what: str = "loss", optimizer: str = "sgd",
+                 key: str = "[train] lr"):
+        self.step, self.loss, self.lr, self.what, self.optimizer = step, loss, lr, what, optimizer
+        super().__init__(f"training diverged at step {step}: {what} = {loss} with {optimizer} at learning rate {lr}; "
+                         f"lower {key} or check the data")
 
 
 class fused_sgd:
@@ -95,32 +97,3 @@ def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if output.dim() != 2:
         raise ValueError(f"output must be (batch, outputs), got shape {tuple(output.shape)}")
     return _MSELoss.apply(output, target)
-
-
-def sgd_step(model: nn.Module, lr: float, fused: bool = True) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """One plain SGD step on the Euclidean loss :func:`mse_loss`: ``loss = step(x, y)`` updates the
-    weights and returns the loss at the weights before the update.
-
-    ``fused=True`` applies the update inside backward (:func:`fused_sgd`, no gradient tensors);
-    ``fused=False`` uses ``torch.optim.SGD`` with the model's per-layer learning rates
-    (``model.param_groups``); both give the same weights.  Plain SGD keeps no state between
-    steps, so a checkpoint needs only the weights.
-    """
-    if fused:
-        def step(x: torch.Tensor, y: torch.Tensor) -> float:
-            with fused_sgd(model, lr):
-                loss = mse_loss(model(x), y)
-                loss.backward()
-            return loss.item()
-        return step
-
-    groups = model.param_groups(lr) if hasattr(model, "param_groups") else [{"params": model.parameters()}]
-    optimizer = torch.optim.SGD(groups, lr=lr)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = mse_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-    return step

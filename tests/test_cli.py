@@ -10,7 +10,8 @@ from lazydrift.cli import main
 
 from conftest import TABLE_ROUNDING, table_cell, write_tiny
 
-KEYS = ["parameterization", "seed", "width"]  # in front of every combined row, whatever the run
+KEYS = ["protocol", "parameterization", "input_scale", "optimizer", "loss", "lr", "seed", "width"]  # in front of every
+# combined row, whatever the run
 
 
 @pytest.mark.slow
@@ -20,7 +21,7 @@ def test_run_writes_every_file(tmp_path, capsys, one_thread):
     assert "| ‖h_t − h_0‖₂ |" in capsys.readouterr().out  # the table is printed
     cols = {
         "summary.csv": KEYS + ["layer", "step", "measure", "mean", "std", "n_probes"],
-        "drift.csv": KEYS + ["step", "layer", "probe", "l2", "linf", "ratio"],
+        "drift.csv": KEYS + ["step", "layer", "probe", "l2", "linf", "ratio", "rel_l2"],
         "neurons.csv": KEYS + ["layer", "step", "neuron", "mean_abs_dev", "max_abs_dev"],
         "gram.csv": KEYS + ["step", "layer", "i", "j", "inner", "cosine", "inner0", "cross", "quadratic"],
         "losses.csv": KEYS + ["step", "loss"],
@@ -29,7 +30,7 @@ def test_run_writes_every_file(tmp_path, capsys, one_thread):
     for name, expected in cols.items():
         assert list(pd.read_csv(out / name).columns) == expected, name
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary.measure) == {"l2", "linf", "ratio"} and set(summary.width) == {32, 64}
+    assert set(summary.measure) == {"l2", "linf", "ratio", "rel_l2"} and set(summary.width) == {32, 64}
     assert set(summary.parameterization) == {"ntk"} and set(summary.seed) == {0}
     assert (summary[summary.step == 20].n_probes[summary.measure != "ratio"] == 50).all()
     assert len(pd.read_csv(out / "neurons.csv")) == 32 + 64
@@ -84,3 +85,83 @@ def test_plot_writes_pngs(tmp_path, one_thread):
         pixels = png_pixels(out / name)
         assert pixels.shape[0] > 200 and pixels.shape[1] > 300, name  # 3.4 in panels at 150 dpi
         assert pixels[..., :3].std() > 0.05, name  # not blank: axes, lines and labels
+
+
+def test_plot_a_folder_written_by_a_recorder(tmp_path, capsys):
+    """`DriftRecorder.to_csv` (the README's first example) writes no width column and no run.json; the
+    last layer is the model's deepest recorded one, "10" after "2" (the strings sort the other way)."""
+    import torch
+    from torch import nn
+
+    from lazydrift import DriftRecorder
+    from lazydrift.plots import _layer_order
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(12)])
+    rec = DriftRecorder(model, layers=["2", "10"], probes=torch.randn(5, 4), ntk_probes=5)
+    with rec:
+        for step in range(3):
+            with torch.no_grad():
+                model[1].bias.add_(0.1)
+            rec.record(step)
+    rec.to_csv(tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert _layer_order(tmp_path, summary)[-1] == "10"
+    assert main(["plot", str(tmp_path)]) == 0  # was KeyError: 'width'
+    for name in ("drift.png", "gram.png", "neurons.png", "kernel.png"):
+        assert png_pixels(tmp_path / name)[..., :3].std() > 0.05, name
+
+
+def test_plot_odd_folders_is_one_line(tmp_path, capsys, monkeypatch, one_thread):
+    out = tmp_path / "out"  # a run of 0 steps: nothing moved, only the Gram panel has a point (t = 0)
+    assert main(["run", str(write_tiny(tmp_path / "r.toml")), "--out", str(out), "--quiet",
+                 "--set", "train.steps=0", "--set", "model.widths=[16]"]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(out)]) == 0  # was ValueError: Number of rows must be a positive integer
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "skipped drift.png: no step after 0" in printed
+    assert (out / "gram.png").is_file() and not (out / "drift.png").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "summary.csv").write_text("")
+    assert main(["plot", str(empty)]) == 2  # was pandas' EmptyDataError traceback
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "summary.csv cannot be read" in err
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("lazydrift.plots.write_figure", read_only)  # root ignores a folder's permission bits
+    assert main(["plot", str(out)]) == 2  # was a PermissionError traceback
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write the figures there (Permission denied)" in err
+
+
+def test_kernel_figure_labels_an_axis_within_one_decade(tmp_path, monkeypatch):
+    """Changes between 0.2 and 0.7 have no power of ten on the axis: its minor ticks carry the only
+    labels (they were all hidden, leaving the left panel without a number)."""
+    from lazydrift import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "write_figure", lambda fig, path, **kw: figures.append(fig) or path)
+    ntk = pd.DataFrame({"parameterization": "ntk", "seed": 0, "width": 16, "step": [0, 1, 2, 4, 9],
+                        "rel_change": [0.0, 0.2, 0.35, 0.5, 0.7]})
+    plots.plot_kernel(ntk, tmp_path / "kernel.png")
+    (fig,) = figures
+    fig.canvas.draw()
+    for ax in fig.axes:
+        labels = [t.get_text() for t in ax.yaxis.get_majorticklabels() + ax.yaxis.get_minorticklabels()
+                  if t.get_visible() and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+        assert any(labels), ax.get_title()
+
+
+def test_an_interrupted_plot_or_merge_does_not_ask_for_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lazydrift.plots.plot_results", interrupted)
+    monkeypatch.setattr("lazydrift.shard.merge", interrupted)
+    for command in ("plot", "merge"):
+        assert main([command, str(tmp_path)]) == 130
+        assert capsys.readouterr().err == "lazydrift: error: interrupted\n"  # was "...; continue with --resume"

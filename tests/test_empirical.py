@@ -292,3 +292,28 @@ def test_converges_to_relu_ntk_like_inverse_sqrt_width():
     slope = np.polyfit(np.log(widths), np.log(errors), 1)[0]
     assert -0.8 < slope < -0.25, (slope, errors)
     assert errors[-1] < 0.1, errors
+
+
+def test_modules_vmap_cannot_batch_are_looped_not_refused():
+    """nn.GRU's fused kernel has no vmap rule: the per-example gradients come from a plain loop,
+    checked against autograd on one example at a time."""
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru, self.out = nn.GRU(3, 5, batch_first=True), nn.Linear(5, 1)
+
+        def forward(self, x):
+            return self.out(self.gru(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Recurrent().double()
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="Jacobian route"):
+        kernel = empirical_ntk(model, x)
+    rows = []
+    for i in range(len(x)):
+        model.zero_grad()
+        model(x[i:i + 1]).sum().backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    jac = torch.stack(rows)
+    torch.testing.assert_close(kernel, jac @ jac.T, rtol=1e-12, atol=1e-12)

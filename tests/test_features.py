@@ -1,10 +1,12 @@
 """lazydrift.features: the one feature extractor, checked against the modules called by hand."""
 
+import sys
+
 import pytest
 import torch
 from torch import nn
 
-from lazydrift import extract_features
+from lazydrift import NTKMLP, extract_features
 from lazydrift.features import FeatureExtractor
 
 
@@ -125,6 +127,18 @@ def test_unknown_names_list_the_available_ones():
         extract_features(SharedTwice(), torch.randn(2, 3), ["shared#x"])
     with pytest.raises(ValueError, match="select= names 'inp'"):
         extract_features(SharedTwice(), torch.randn(2, 3), ["shared"], select={"inp": lambda o: o})
+    # a ModuleList never runs itself: it was "did not run during the model's forward pass"
+    with pytest.raises(ValueError, match=r"layer hidden is an nn.ModuleList, a container that never runs itself; "
+                                         r"record its elements: hidden.0, hidden.1"):
+        extract_features(NTKMLP(5, 4, 3), torch.arange(5), ["hidden"])
+    # a model without submodules (an nn.GRU, an nn.Linear) listed nothing after "available:"
+    with pytest.raises(ValueError, match=r"available: none \(the model has no submodules\); to record the model's "
+                                         r"own output, wrap it: nn.Sequential\(model\) and layer '0'"):
+        extract_features(nn.Linear(3, 2), torch.randn(2, 3), [""])
+    x = torch.randn(2, 3)
+    model = nn.Linear(3, 2)
+    torch.testing.assert_close(extract_features(nn.Sequential(model), x, ["0"])["0"], model(x).detach(),
+                               rtol=0, atol=0)  # the hint works
 
 
 def test_inputs_of_different_lengths_are_refused():
@@ -139,3 +153,14 @@ def test_inputs_of_different_lengths_are_refused():
         extract_features(Two(), (torch.randn(3, 2), torch.randn(4, 2)), ["act"])
     with pytest.raises(ValueError, match=r"inputs\['b'\] is a 0-d tensor"):
         extract_features(Two(), {"a": torch.randn(3, 2), "b": torch.tensor(1.0)}, ["act"])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_an_error_of_the_model_says_which_inputs_it_was_given():
+    # nn.Embedding's own message, "index out of range in self", names neither the probes nor the id
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+    ids = torch.tensor([0, 3, 7, -1, 2])
+    with pytest.raises(IndexError) as e:
+        extract_features(model, ids, ["1"], batch_size=3)  # the second chunk holds the -1
+    assert e.value.__notes__ == ["lazydrift: raised in a pass of the model (eval mode, no grad) on inputs 3 to 4 of "
+                                 "5: (2,) int64, integer values in [-1, 2]"]

@@ -154,3 +154,18 @@ def test_kernel_drift_shrinks_with_width():
 
     narrow, wide = (np.mean([drift(w, s) for s in range(3)]) for w in (128, 2048))
     assert narrow / wide > 16 ** 0.5 / 1.5, (narrow, wide)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_diverged_network_gives_nan_rows_not_an_error(value):
+    # an inf or NaN weight makes the kernel non-finite: its statistics have no value (NaN), and the
+    # network is not "mixing probes" (the batch check used to say so) nor breaks eigvalsh
+    model = NTKMLP(10, 16, 10, depth=2, input_scale="embedding", seed=0)
+    tracker = KernelDriftTracker(model, torch.arange(6))
+    tracker.capture()
+    with torch.no_grad():
+        model.readout.weight[0, 0] = value
+    row = tracker.record(1)
+    assert all(math.isnan(row[k]) for k in ("rel_change", "cosine", "eig_max"))
+    assert math.isnan(largest_eigenvalue(torch.tensor([[1.0, value], [value, 1.0]])))
+    assert largest_eigenvalue(torch.tensor([[2.0, 1.0], [1.0, 2.0]])) == pytest.approx(3.0, rel=1e-15)  # 2 + 1

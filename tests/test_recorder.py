@@ -246,6 +246,23 @@ def test_a_step_is_recorded_once_and_is_an_integer():
     assert rec.summary().query("step == 3 and measure == 'l2'").n_probes.item() == 10
 
 
+
+def test_pairs_are_integer_probe_indices():
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU())
+    x = torch.randn(4, 3)
+    for bad in ([(0.5, 1.7)], [(0, 1.0)], [("0", "1")]):  # never truncated to (0, 1)
+        with pytest.raises(TypeError, match="integer probe indices"):
+            DriftRecorder(model, layers=["1"], probes=x, pairs=bad)
+    assert DriftRecorder(model, layers=["1"], probes=x, pairs=[]).pairs is None
+    rec = DriftRecorder(model, layers=["1"], probes=x, pairs=[(np.int64(3), 0), torch.tensor([2, 1])])
+    with rec:
+        rec.record(0)
+    g = rec.gram_frame()
+    with torch.no_grad():
+        h = model(x).double()
+    assert g[["i", "j"]].values.tolist() == [[3, 0], [2, 1]]
+    np.testing.assert_allclose(g.inner, [h[3] @ h[0], h[2] @ h[1]], rtol=1e-12)
+
 def test_memory_guard_refuses_with_the_estimate():
     model = NTKMLP(5000, 8, 2, seed=0)
     with pytest.raises(ValueError, match=r"would store 12,497,500 Gram rows \(12,497,500 probe pairs x 1 layer.*"
@@ -335,3 +352,29 @@ def test_fused_sgd_without_with_trains():
     assert a.readout.sgd_lr is None
     with pytest.raises(ValueError, match="lazydrift layers"):
         fused_sgd(nn.Linear(2, 2), 0.1)
+
+
+def test_a_record_that_fails_part_way_stores_nothing():
+    # a stats= function failing on the second layer left the first layer's rows of that step behind,
+    # and calling record(step) again after fixing it duplicated them
+    model = NTKMLP(10, 8, 3, depth=2, seed=0)
+    calls = []
+
+    def fails_once_on_the_second_layer(h, h0):
+        calls.append(1)
+        if len(calls) == 4:  # records 0: calls 1, 2; record 1: call 3 (hidden.0), 4 (hidden.1)
+            raise ZeroDivisionError("a bug in the user's statistic")
+        return h.abs().mean(dim=1)
+
+    rec = DriftRecorder(model, layers=["hidden.0", "hidden.1"], probes=torch.arange(10), ntk_probes=4,
+                        stats={"size": fails_once_on_the_second_layer})
+    with rec:
+        rec.record(0)
+        with pytest.raises(ZeroDivisionError):
+            rec.record(1)
+        rec.record(1)
+    f = rec.frame()
+    assert f.groupby(["step", "layer"]).size().to_dict() == {(s, layer): 10 for s in (0, 1)
+                                                            for layer in ("hidden.0", "hidden.1")}
+    assert rec.gram_frame().groupby("step").size().to_dict() == {0: 2 * 45, 1: 2 * 45}
+    assert rec.kernel_frame().step.tolist() == [0, 1]

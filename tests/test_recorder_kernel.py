@@ -16,6 +16,7 @@ from torch import nn
 
 from conftest import write_tiny
 from lazydrift import NTKMLP, DriftRecorder, fused_sgd, mse_loss
+from lazydrift.recipes import CELL_KEYS
 from lazydrift.empirical import jacobian_ntk
 from lazydrift.kernel_drift import COLUMNS, KernelDriftTracker
 from test_kernel_drift import relu_ntk_one_hot_by_hand
@@ -211,7 +212,7 @@ def test_recipe_writes_ntk_csv_and_table1_rows_that_match_it(tmp_path, one_threa
     out = tmp_path / "out"
     run_recipe(recipe, out, progress=False)
     ntk = pd.read_csv(out / "ntk.csv")
-    assert list(ntk.columns) == ["parameterization", "seed", "width", *COLUMNS]
+    assert list(ntk.columns) == [*CELL_KEYS, *COLUMNS]
     for w in (32, 64, 128):
         cell = pd.read_csv(out / "cells" / f"ntk-s0-w{w}" / "ntk.csv")
         assert list(cell.columns) == COLUMNS
@@ -259,19 +260,19 @@ def test_resume_from_a_checkpoint_gives_the_same_ntk_csv(tmp_path, capsys, one_t
     assert main(["run", str(recipe), "--out", str(reference), "--quiet"]) == 0
 
     calls = {"n": 0}
-    real = cell_module.sgd_step
+    real = cell_module.loss_function
 
-    def sgd_step(model, lr, fused=True):
-        step = real(model, lr, fused)
+    def loss_function(name):  # called once per training step
+        loss = real(name)
 
-        def counted(x, y):
+        def counted(output, target):
             calls["n"] += 1
             if calls["n"] == 20 + 13:  # the second cell, after its checkpoint at step 10
                 raise KeyboardInterrupt("stopped by the test")
-            return step(x, y)
+            return loss(output, target)
         return counted
 
-    monkeypatch.setattr(cell_module, "sgd_step", sgd_step)
+    monkeypatch.setattr(cell_module, "loss_function", loss_function)
     assert main(["run", str(recipe), "--out", str(out), "--quiet", "--set", "checkpoint.every_steps=5"]) == 130
     monkeypatch.undo()
     assert (out / "cells" / "ntk-s0-w64" / "checkpoint.pt").is_file()

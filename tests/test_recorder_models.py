@@ -297,6 +297,23 @@ def test_float64_probes_on_a_float32_model():
         assert_drift(rec, 1, "1", torch.tanh(model[0](x.float())), h0)
 
 
+
+def test_the_probes_follow_a_model_cast_after_the_recorder_was_built():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    x = torch.randn(5, 4)
+    rec = DriftRecorder(model, layers=["1"], probes=x)  # built on the float32 model
+    model.double()
+    with torch.no_grad():
+        h0 = torch.tanh(model[0](x.double()))
+    with rec:
+        assert rec.h0["1"].dtype == torch.float64  # the statistics of a float64 model are float64
+        torch.testing.assert_close(rec.h0["1"], h0, rtol=0, atol=0)
+        sgd_step(model, model(torch.randn(8, 4, dtype=torch.float64)).pow(2).mean(), lr=0.5)
+        rec.record(1)
+    with torch.no_grad():
+        assert_drift(rec, 1, "1", torch.tanh(model[0](x.double())), h0)
+
 # -- wrappers ----------------------------------------------------------------------------------------
 def test_data_parallel_on_cpu_takes_the_users_names_and_pickles_inside_the_block():
     torch.manual_seed(0)
@@ -418,3 +435,56 @@ def test_the_callers_probes_can_change_in_place():
         x.normal_()  # the caller reuses its buffer while the recorder runs
         rec.record(1)
     assert (rec.frame().l2 == 0).all()
+
+
+class MovingAverage(nn.Module):
+    """Updates a moving average and a counter in every forward pass, in train and eval mode alike,
+    after using the average in its output (buffers the probe and kernel passes must not move; each
+    probe's output still depends on that probe alone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)
+        self.register_buffer("average", torch.zeros(16))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        h = self.act(self.fc1(x))
+        out = self.fc2(h - self.average)
+        self.average.mul_(0.5).add_(0.5 * h.detach().mean(0))
+        self.calls += 1
+        return out
+
+
+def test_buffers_updated_in_every_forward_train_bit_identically_with_and_without_the_recorder():
+    torch.manual_seed(0)
+    a = MovingAverage()
+    b = copy.deepcopy(a)
+    probes = torch.randn(6, 4)
+    torch.manual_seed(123)
+    with DriftRecorder(a, layers=["act"], probes=probes, ntk_probes=4) as rec:  # probe and kernel passes
+        rec.record(0)
+        _train_noisy(a, rec)
+    torch.manual_seed(123)
+    _train_noisy(b)
+    # the reference is the same training without any probe pass: four forward passes, same weights
+    assert int(b.calls) == 4 and int(a.calls) == 4
+    torch.testing.assert_close(a.average, b.average, rtol=0, atol=0)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_probes_that_require_grad_are_copied_as_data():
+    # the recorder's copy kept an autograd link to the caller's tensor: deepcopy(rec) failed
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+    x = torch.randn(5, 4, requires_grad=True)
+    rec = DriftRecorder(model, layers=["1"], probes=x)
+    assert not rec.probes.single.requires_grad and rec.probes.single.grad_fn is None
+    twin = copy.deepcopy(rec)
+    with torch.no_grad():
+        h0 = torch.tanh(model[0](x))
+    for r in (rec, twin):
+        with r:
+            torch.testing.assert_close(r.h0["1"], h0, rtol=0, atol=0)
+    assert x.grad is None

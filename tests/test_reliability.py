@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -219,21 +220,22 @@ def test_a_folder_not_written_by_lazydrift_is_refused(tmp_path, capsys, one_thre
 
 
 def interrupt_at(monkeypatch, at: int, error=KeyboardInterrupt):
-    """Make the training step raise ``error`` when it reaches step ``at`` (counted over the run)."""
+    """Make the training step raise ``error`` when it reaches step ``at`` (counted over the run): the
+    loss function is called once per step, inside the optimizer's step block."""
     calls = {"n": 0}
-    real = cell_module.sgd_step
+    real = cell_module.loss_function
 
-    def sgd_step(model, lr, fused=True):
-        step = real(model, lr, fused)
+    def loss_function(name):
+        loss = real(name)
 
-        def counted(x, y):
+        def counted(output, target):
             calls["n"] += 1
             if calls["n"] == at:
                 raise error("stopped by the test")
-            return step(x, y)
+            return loss(output, target)
         return counted
 
-    monkeypatch.setattr(cell_module, "sgd_step", sgd_step)
+    monkeypatch.setattr(cell_module, "loss_function", loss_function)
 
 
 @pytest.mark.slow
@@ -258,6 +260,58 @@ def test_interrupt_is_recorded_and_resume_equals_the_uninterrupted_run(finished,
     for name in CSVS:  # same process and thread count as the reference: identical by construction
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert not (out / "cells" / "ntk-s0-w64" / "checkpoint.pt").exists()
+
+
+ADAM_AND_MOMENTUM = """
+[[protocol]]
+name = "adam"
+parameterization = "pytorch"
+input_scale = "fan_in"
+optimizer = "adam"
+loss = "cross_entropy"
+lr = 0.01
+
+[[protocol]]
+name = "momentum"
+optimizer = "momentum"
+lr = 0.05
+"""
+
+
+@pytest.mark.slow
+def test_resume_with_adam_and_momentum_equals_the_uninterrupted_run(tmp_path, capsys, one_thread, monkeypatch):
+    """The checkpoint carries Adam's moments and step counts and momentum's buffers: a run interrupted
+    mid-cell and resumed writes the same CSVs as an uninterrupted one, bit for bit (same process and
+    thread count); resuming without the optimizer's state does not (so the comparison can fail)."""
+    recipe = write_tiny(tmp_path / "r.toml")
+    recipe.write_text(recipe.read_text().replace("widths = [32, 64]", "widths = [32]") + ADAM_AND_MOMENTUM)
+    reference = tmp_path / "reference"
+    assert run(capsys, "run", recipe, "--out", reference, "--quiet")[0] == 0
+
+    def interrupted(out, at):
+        interrupt_at(monkeypatch, at)
+        code, _ = run(capsys, "run", recipe, "--out", out, "--quiet", "--set", "checkpoint.every_steps=5")
+        monkeypatch.undo()
+        assert code == 130
+
+    for cell, at in (("adam-s0-w32", 13), ("momentum-s0-w32", 20 + 13)):
+        out = tmp_path / cell
+        interrupted(out, at)
+        saved = torch.load(out / "cells" / cell / "checkpoint.pt", weights_only=True)
+        assert saved["step"] == 10 and saved["optimizer"]["name"] == cell.split("-")[0]
+        state = saved["optimizer"]["per_weight"][0]["state"][0]
+        assert torch.count_nonzero(state["exp_avg" if cell.startswith("adam") else "momentum_buffer"]) > 0
+        code, err = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+        assert code == 0 and err == ""
+        for name in CSVS:
+            assert (out / name).read_bytes() == (reference / name).read_bytes(), (cell, name)
+
+    out = tmp_path / "stateless"  # the same resume without the optimizer's state: Adam's steps differ
+    interrupted(out, 13)
+    monkeypatch.setattr(cell_module.Optimizer, "load_state_dict", lambda self, state: None)
+    assert run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")[0] == 0
+    monkeypatch.undo()
+    assert (out / "drift.csv").read_bytes() != (reference / "drift.csv").read_bytes()
 
 
 @pytest.mark.slow
@@ -296,15 +350,24 @@ def test_an_unexpected_error_keeps_its_traceback_and_is_recorded(tmp_path, capsy
     assert record["status"] == "failed" and record["error"] == "ZeroDivisionError: stopped by the test"
 
 
-def test_divergence_stops_with_a_clear_message(tmp_path, capsys, one_thread):
+@pytest.mark.parametrize("lr, kernel", [("1e8", False), ("1e7", True)])
+def test_divergence_stops_with_a_clear_message(tmp_path, capsys, one_thread, lr, kernel):
+    # with the kernel on, lr 1e7 gives an infinite kernel at the step where the weights blow up (the
+    # loss was still finite before the update); its statistics are NaN, the run is "diverged"
     out = tmp_path / "out"
-    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", "train.lr=1e8")
+    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", f"train.lr={lr}",
+                    "--set", f"record.ntk={str(kernel).lower()}", "--set", "model.widths=[16]")
     assert code == 3
-    assert "training diverged at step" in one_line(err) and "learning rate 100000000.0" in err
+    assert "training diverged at step" in one_line(err) and f"learning rate {float(lr)}" in err
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "diverged" and "diverged at step" in record["error"]
     assert len(pd.read_csv(out / "drift.csv")) > 0  # the rows recorded before the divergence are kept
     assert not list(out.glob("cells/*/checkpoint.pt"))  # a diverged cell is final
+    if kernel:
+        ntk = pd.read_csv(out / "ntk.csv")
+        assert ntk.rel_change.iloc[0] == 0 and ntk.eig_max.iloc[0] > 0  # Theta_0 is finite
+        last = ntk.iloc[-1]  # the diverged step: no number is the right number
+        assert last[["rel_change", "cosine", "eig_max"]].isna().all()
 
 
 def test_missing_data_is_one_line(tmp_path, capsys, one_thread):
@@ -339,7 +402,8 @@ def test_memory_estimate_counts_what_a_cell_allocates(tmp_path, one_thread):
     recipe = load_recipe(write_tiny(tmp_path / "r.toml"), ['record.layers=["hidden.0", "readout"]'])
     layers = recorded_layers(recipe)
     task = make_task(recipe)
-    model = build_model(recipe, task, Cell("ntk", 0, 64), torch.device("cpu"))
+    (cell,) = [c for c in recipe.cells() if c.width == 64]
+    model = build_model(recipe, task, cell, torch.device("cpu"))
     parts = cell_memory(recipe, 64, layers)
     assert parts["parameters"] == sum(p.numel() * p.element_size() for p in model.parameters())
     assert parts["optimizer state"] == 0  # fused SGD: no gradient tensors
@@ -353,10 +417,30 @@ def test_memory_estimate_counts_what_a_cell_allocates(tmp_path, one_thread):
     unfused = load_recipe(write_tiny(tmp_path / "r.toml"), ["train.fused_sgd=false"])
     assert cell_memory(unfused, 64, layers)["optimizer state"] == parts["parameters"]  # .grad of every weight
 
+    # momentum and Adam: the tensors their optimizer holds after a step (state and gradient buffers)
+    from lazydrift.cell import build_optimizer
+    from lazydrift.losses import loss_function
+
+    x, y = task.make_sampler(1).next_batch()
+    for name, fused in (("momentum", True), ("adam", True), ("adam", False)):
+        r = load_recipe(write_tiny(tmp_path / "r.toml"), [f"train.optimizer={name}", "train.lr=0.01",
+                                                          f"train.fused_sgd={str(fused).lower()}"])
+        (cell,) = [c for c in r.cells() if c.width == 64]
+        model = build_model(r, task, cell, torch.device("cpu"))
+        opt = build_optimizer(r, cell, model)
+        with opt.step():
+            loss_function(cell.loss)(model(x), y).backward()
+        held = [t for o in opt._per_weight for s in o.state.values() for t in s.values() if t.numel() > 1]
+        if fused:
+            held.append(opt._step.scratch)  # the one gradient buffer shared by the layers
+        # the reference path frees its gradients after the step; count them as held during it
+        grads = 0 if fused else sum(p.numel() * p.element_size() for p in model.parameters())
+        assert cell_memory(r, 64, layers)["optimizer state"] == sum(t.numel() * t.element_size() for t in held) + grads
+
 
 def test_locks_exclusive_shared_and_released(tmp_path):
     out = tmp_path / "out"
-    cells = [Cell("ntk", 0, 8), Cell("ntk", 0, 16)]
+    cells = [Cell("ntk", "ntk", "embedding", "sgd", "mse", 1.0, 0, w) for w in (8, 16)]
     with rundir.lock(out, cells=cells[:1]):
         with rundir.lock(out, cells=cells[1:]):  # shards share the folder
             with pytest.raises(rundir.BusyError, match=f"in use by process {os.getpid()}"):
@@ -453,3 +537,72 @@ def test_random_recipes_raise_only_recipe_errors(entries):
         recipe_from_dict(raw, "random.toml")
     except RecipeError as e:
         assert str(e).startswith("random.toml: ") and "\n" not in str(e)
+
+
+def test_odd_out_folders_and_recipe_names_are_one_line(tmp_path, capsys, one_thread, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out is results/<name>, relative to the working folder
+    recipe = write_tiny(tmp_path / "r.toml")
+    for args, message in (
+        (["--out", "x" * 300], "File name too long"),       # was an OSError traceback (exit 1)
+        (["--out", ""], "--out is empty"),                   # was silently results/tiny
+        (["--set", "name='../escaped'"], "is not a folder name"),  # was written to ../escaped, outside results/
+        (["--set", f"name='{tmp_path / 'abs'}'"], "is not a folder name"),  # was written to that absolute path
+        (["--set", "name='..'"], "is not a folder name"),
+    ):
+        code, err = run(capsys, "run", recipe, "--quiet", *args)
+        assert code == 2 and message in one_line(err), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]  # nothing was created
+
+
+@pytest.mark.parametrize("setting, message", [("model.widths=[32, 64, 32]", "[model] widths lists 32 more than once"),
+                                              ("seeds=[1, 0, 1]", "seeds lists 1 more than once"),
+                                              ("model.parameterization=['ntk', 'ntk']", "parameterization lists ntk")])
+def test_a_cell_listed_twice_is_refused(tmp_path, capsys, one_thread, setting, message):
+    # it used to run: the same cell trained twice into one folder (exit 0, twice the time)
+    out = tmp_path / "out"
+    code, err = run(capsys, "run", write_tiny(tmp_path / "r.toml"), "--out", out, "--quiet", "--set", setting)
+    assert code == 2 and message in one_line(err)
+    assert not out.exists()
+
+
+def test_a_damaged_record_is_one_line(earlier, capsys, one_thread):
+    # records are written atomically, so one that does not parse was changed later; each was a
+    # JSONDecodeError or AttributeError traceback (exit 1)
+    recipe, out, _ = earlier
+    cell_json = next(out.glob("cells/*/cell.json"))
+    cell_json.write_text("")
+    before = snapshot(out)
+    for args in (["run", recipe, "--out", out, "--quiet", "--resume"], ["merge", out]):
+        code, err = run(capsys, *args)
+        assert code == 2 and f"{cell_json} cannot be read (not JSON" in one_line(err), args
+        assert snapshot(out) == before
+    cell_json.unlink()  # as the message says: the cell runs again
+    code, _ = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+    assert code == 0 and json.loads(cell_json.read_text())["status"] == "completed"
+
+    (out / "recipe.json").write_text('{"recipe": 5}')
+    code, err = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+    assert code == 2 and "recipe.json cannot be read (its recipe is a JSON int" in one_line(err)
+    (out / "run.json").write_text("[1, 2]")
+    code, err = run(capsys, "plot", out)
+    assert code == 2 and "run.json cannot be read (a JSON list, not an object)" in one_line(err)
+
+
+def test_a_damaged_checkpoint_is_one_line(earlier, capsys, one_thread):
+    from lazydrift.checkpoint import Checkpointer, DamagedCheckpointError
+    from lazydrift.recipes import load_recipe
+
+    recipe, out, _ = earlier
+    cell_dir = next(out.glob("cells/*/"))
+    (cell_dir / "cell.json").unlink()  # an unfinished cell, whose checkpoint --resume reads first
+    r = load_recipe(recipe)
+    checkpointer = Checkpointer(cell_dir, r, next(c for c in r.cells() if c.name == cell_dir.name))
+    checkpointer.save({"step": 1})
+    whole = checkpointer.path.read_bytes()
+    for content, problem in ((b"", "an empty file"), (whole[: len(whole) // 2], "zip archive")):
+        checkpointer.path.write_bytes(content)  # was a RuntimeError traceback from torch.load (exit 1)
+        code, err = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+        assert code == 2 and f"{checkpointer.path} cannot be read (" in one_line(err) and problem in err
+        assert "delete it to run that cell again" in err
+        with pytest.raises(DamagedCheckpointError, match=problem):  # the training loop's loader says the same
+            checkpointer.load()

@@ -214,3 +214,25 @@ def test_merge_refuses_folders_of_different_recipes(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "different recipes ([train] lr: 0.2 there, 0.3 here)" in err
     assert not (tmp_path / "a" / "run.json").exists()  # nothing was combined
+
+
+def test_merge_into_a_new_folder(tmp_path, monkeypatch, capsys, one_thread):
+    """`lazydrift merge NEW A B` was "NEW: no such folder"; it equals the unsharded run (one process,
+    one thread count: identical by construction)."""
+    for var in LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    recipe = tmp_path / "sweep.toml"
+    recipe.write_text(SWEEP.replace("widths = [16, 32, 48]", "widths = [16, 32]").replace('["ntk", "mup"]', '"ntk"')
+                      .replace("analogies = true", "analogies = false"))
+    a, b, whole, fresh = tmp_path / "a", tmp_path / "b", tmp_path / "whole", tmp_path / "fresh"
+    assert cli.main(["run", str(recipe), "--out", str(a), "--shard", "0/2", "--quiet"]) == 0
+    assert cli.main(["run", str(recipe), "--out", str(b), "--shard", "1/2", "--quiet"]) == 0
+    assert cli.main(["run", str(recipe), "--out", str(whole), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["plot", str(a)]) == 2  # a shard's folder holds cells only
+    assert "cells are not combined yet (no summary.csv); run `lazydrift merge" in capsys.readouterr().err
+    assert cli.main(["merge", str(fresh)]) == 2  # alone it has nothing to merge
+    assert "fresh: no such folder" in capsys.readouterr().err
+    assert cli.main(["merge", str(fresh), str(a), str(b)]) == 0
+    assert {"summary.csv", "drift.csv", "gram.csv"} <= set(same_files(whole, fresh))
+    assert json.loads((fresh / "run.json").read_text())["status"] == "completed"

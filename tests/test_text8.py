@@ -388,3 +388,20 @@ def test_bad_download_never_lands(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(CorruptDataError, match="text8.zip"):
         text8_path(tmp_path, download=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_too_large_a_vocabulary_is_a_user_error_naming_the_key():
+    from lazydrift.errors import UserError
+
+    with pytest.raises(UserError, match=r"vocabulary size 4 requested but the corpus has only 3 distinct words.*"
+                                        r"\[data\] vocab_size"):
+        build_vocab("a b c a".split(), 4)
+
+
+def test_text8_mini_in_an_unwritable_folder_is_one_line(tmp_path):
+    from lazydrift.text8 import DataNotFoundError, build_text8_mini
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataNotFoundError, match=r"cannot build text8-mini in .*a-file/sub/ .*\[data\] data_dir"):
+        build_text8_mini(blocker / "sub")
