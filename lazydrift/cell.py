@@ -247,7 +247,7 @@ def write_cell_outputs(rec: DriftRecorder, losses: list[tuple[int, float]],
     write_csv(rec.frame(), cell_dir / "drift.csv")
     write_csv(rec.summary(), cell_dir / "summary.csv")
     write_csv(rec.neurons(), cell_dir / "neurons.csv")
-    write_csv(pd.DataFrame(losses, columns=["step", "loss"]), cell_dir / "losses.csv")
+    write_csv(pd.DataFrame(losses, columns=["step", "train_loss"]), cell_dir / "losses.csv")  # "loss" is a key (the loss function)
     if rec.pairs is not None:
         gram = rec.gram_frame()
         write_csv(gram, cell_dir / "gram.csv")

@@ -238,6 +238,8 @@ def fingerprint_table(wide: pd.DataFrame, keys: list[str], level: float = 0.95) 
     width empty, the OLS slope over every cell of that protocol (all seeds pooled,
     :func:`width_exponents`) with its ``level`` CI, and the paper's 10K -> 30K exponent.
     """
+    if wide.empty:  # a run of 0 steps: nothing to fingerprint
+        return pd.DataFrame(columns=[*keys, *FINGERPRINT_COLUMNS])
     paper = paper_fingerprints()
     cell_part = wide.melt(id_vars=[*keys, "layer", "step", "averaging"], value_vars=list(CELL_FINGERPRINTS),
                           var_name="fingerprint", value_name="value")

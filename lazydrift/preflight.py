@@ -63,10 +63,9 @@ def check(recipe: Recipe, device: torch.device, out: Path, layers: list[str]) ->
 
 
 def check_cells(recipe: Recipe) -> None:
-    """No cell twice: a repeated width, seed or parameterization would train the same cell twice into
-    one folder (and a shard would wait for its own lock)."""
-    for where, values in (("[model] widths", recipe.model.widths), ("seeds", recipe.seeds),
-                          ("[model] parameterization", recipe.parameterizations)):
+    """No cell twice: a repeated width or seed would train the same cell twice into one folder (and a
+    shard would wait for its own lock).  Repeated protocols are refused when the recipe is loaded."""
+    for where, values in (("[model] widths", recipe.model.widths), ("seeds", recipe.seeds)):
         repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
         if repeated:
             raise RecipeError(f"{recipe.path}: {where} lists {', '.join(map(str, repeated))} more than once; "

@@ -90,6 +90,9 @@ def combine(cells: list[tuple[dict, Path]], name: str, keys: list[str]) -> pd.Da
         path = folder / f"{name}.csv"
         if path.is_file() and path.stat().st_size > 1:
             f = pd.read_csv(path)
+            clash = set(keys) & set(f.columns)
+            if clash:  # assign() would overwrite the cell's own column with the key, silently
+                raise ValueError(f"{path}: columns {sorted(clash)} are also cell keys; rename them")
             parts.append(f.assign(**{k: info[k] for k in keys})[keys + list(f.columns)])
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

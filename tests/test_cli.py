@@ -24,7 +24,7 @@ def test_run_writes_every_file(tmp_path, capsys, one_thread):
         "drift.csv": KEYS + ["step", "layer", "probe", "l2", "linf", "ratio", "rel_l2"],
         "neurons.csv": KEYS + ["layer", "step", "neuron", "mean_abs_dev", "max_abs_dev"],
         "gram.csv": KEYS + ["step", "layer", "i", "j", "inner", "cosine", "inner0", "cross", "quadratic"],
-        "losses.csv": KEYS + ["step", "loss"],
+        "losses.csv": KEYS + ["step", "train_loss"],
         "probes.csv": ["probe", "token_id", "word", "count"],
     }
     for name, expected in cols.items():

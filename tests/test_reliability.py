@@ -194,7 +194,7 @@ def test_overwrite_starts_afresh_and_nothing_old_remains(earlier, tmp_path, caps
     assert sorted(p.name for p in (out / "cells").iterdir() if not p.name.startswith(".")) == ["ntk-s0-w48"]
     for name in CSVS:
         assert set(pd.read_csv(out / name).width) == {48}, name
-    assert "lr = 0.1" in (out / "table1.md").read_text() and "width = 32" not in (out / "table1.md").read_text()
+    assert "at lr 0.1," in (out / "table1.md").read_text() and "width = 32" not in (out / "table1.md").read_text()
     assert json.loads((out / "recipe.json").read_text())["recipe"]["train"]["lr"] == 0.1
 
 
@@ -556,7 +556,7 @@ def test_odd_out_folders_and_recipe_names_are_one_line(tmp_path, capsys, one_thr
 
 @pytest.mark.parametrize("setting, message", [("model.widths=[32, 64, 32]", "[model] widths lists 32 more than once"),
                                               ("seeds=[1, 0, 1]", "seeds lists 1 more than once"),
-                                              ("model.parameterization=['ntk', 'ntk']", "parameterization lists ntk")])
+                                              ("model.parameterization=['ntk', 'ntk']", "parameterization lists a value twice")])
 def test_a_cell_listed_twice_is_refused(tmp_path, capsys, one_thread, setting, message):
     # it used to run: the same cell trained twice into one folder (exit 0, twice the time)
     out = tmp_path / "out"
