@@ -1,7 +1,7 @@
 """Closed-form infinite-width kernels of a fully-connected ReLU network (paper sections 4 and 6).
 
 Notation follows the paper.  A network of depth ``L`` has ``L`` weight layers (``L - 1`` hidden
-ReLU layers), so ``NTKMLP(depth=d)`` has ``L = d + 1``.  For inputs x, x' in R^{n0}:
+ReLU layers), so ``NTKMLP(hidden_layers=d)`` has ``L = d + 1`` (its ``depth``).  For inputs x, x' in R^{n0}:
 
 * Definition 1:  Sigma^(1)(x, x') = x^T x' / n0 and Sigma^(l+1) = E[relu(u) relu(u')],
   Sigma-dot^(l+1) = E[relu'(u) relu'(u')] with (u, u') ~ N(0, Sigma^(l)).

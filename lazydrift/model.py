@@ -346,7 +346,9 @@ class NTKMLP(nn.Module):
           learning rate eta/n freezes the input layer in the limit, and ``pytorch`` trains at a
           width-independent rate;
         * ``"feature_cosine"``: (hidden_layers, n, m), the cosine between the post-ReLU features of
-          ``hidden.k`` at two inputs, h^(k+1)(rho^(1)) = rho^(k+2) (Proposition 2, Definition 5).
+          ``hidden.k`` at two inputs, h^(k+1)(rho^(1)) = rho^(k+2) (Proposition 2, Definition 5);
+        * ``"input_cosine"``: rho^(1)(x, z) (Definition 3), the inputs' cosine that the feature
+          cosines are functions of (exact at every width).
 
         Integer ``x``/``z`` are token ids standing for one-hot rows.  The limit assumes Gaussian
         pre-activations; one-hot inputs through a uniformly initialized first layer (``pytorch``
@@ -356,15 +358,15 @@ class NTKMLP(nn.Module):
         from .kernels import relu_kernels
 
         want = tuple(want)
-        unknown = set(want) - {"nngp", "ntk", "feature_cosine"}
+        unknown = set(want) - {"nngp", "ntk", "feature_cosine", "input_cosine"}
         if unknown or not want:
-            raise ValueError(f"want must name some of 'nngp', 'ntk', 'feature_cosine', got {want!r}")
+            raise ValueError(f"want must name some of 'nngp', 'ntk', 'feature_cosine', 'input_cosine', got {want!r}")
         if "ntk" in want and self.parameterization != "ntk":
             raise NoLimitError(f"NTKMLP: the {self.parameterization!r} parameterization has no Theorem-1 NTK "
                                "limit (see NTKMLP.limit_kernels); use parameterization='ntk'")
         first, hidden, readout = self.scalings()[0], self.scalings()[1], self.scalings()[-1]
         integer = [t is not None and not torch.is_floating_point(t) for t in (x, z)]
-        if any(integer) and first.init != "normal":
+        if any(integer) and first.init != "normal" and set(want) != {"input_cosine"}:
             raise NoLimitError("NTKMLP: one-hot inputs through a uniformly initialized first layer have uniform, "
                                "not Gaussian, pre-activations: Proposition 2's limit does not apply")
         x, z = (None if t is None else self._dense_inputs(t) for t in (x, z))
@@ -380,6 +382,8 @@ class NTKMLP(nn.Module):
         if "feature_cosine" in want:
             depths = list(range(2, self.hidden_layers + 2))
             out["feature_cosine"] = relu_kernels(x, z, depths, want=("rho",))["rho"]  # a list of depths: a stack
+        if "input_cosine" in want:
+            out["input_cosine"] = relu_kernels(x, z, 1, want=("rho",))["rho"]
         return {name: out[name] for name in want}
 
     def scalings(self) -> list[Scaling]:

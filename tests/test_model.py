@@ -11,7 +11,7 @@ from lazydrift import NTKMLP, extract_features, fused_sgd, mse_loss
 
 @pytest.mark.parametrize("input_scale", ["fan_in", "embedding"])
 def test_token_lookup_equals_dense_one_hot_product(input_scale):
-    model = NTKMLP(50, 64, 7, depth=2, input_scale=input_scale, seed=0, dtype=torch.float64)
+    model = NTKMLP(50, 64, 7, hidden_layers=2, input_scale=input_scale, seed=0, dtype=torch.float64)
     ids = torch.tensor([0, 3, 3, 49, 17])
     dense = F.one_hot(ids, 50).double()
     # the first layer alone: a row lookup vs the V-by-width product
@@ -22,7 +22,7 @@ def test_token_lookup_equals_dense_one_hot_product(input_scale):
 
 
 def test_module_names_and_last_hidden():
-    model = NTKMLP(10, 8, 3, depth=3, seed=0)
+    model = NTKMLP(10, 8, 3, hidden_layers=3, seed=0)
     names = dict(model.named_modules())
     assert {"hidden.0", "hidden.1", "hidden.2", "readout"} <= names.keys()
     assert model.last_hidden == "hidden.2"
@@ -51,7 +51,7 @@ def test_init_preactivation_variance_matches_proposition_1():
     sample variance has relative s.e. sqrt(2/n) ~ 2.2%; we allow 4 s.e. per layer and input.
     """
     n0, width = 30, 4000
-    model = NTKMLP(n0, width, 1, depth=3, seed=0, dtype=torch.float64)
+    model = NTKMLP(n0, width, 1, hidden_layers=3, seed=0, dtype=torch.float64)
     x = torch.randn(4, n0, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2.0
     feats = extract_features(model, x, [f"hidden.{k}.0" for k in range(3)])
     pre = {k: feats[f"hidden.{k}.0"] for k in range(3)}
@@ -65,8 +65,8 @@ def test_init_preactivation_variance_matches_proposition_1():
 
 def _sgd_pair(parameterization, inputs, targets, lr, steps=3):
     torch.manual_seed(0)
-    a = NTKMLP(12, 32, 5, depth=2, parameterization=parameterization, input_scale="embedding", seed=1, dtype=torch.float64)
-    b = NTKMLP(12, 32, 5, depth=2, parameterization=parameterization, input_scale="embedding", seed=1, dtype=torch.float64)
+    a = NTKMLP(12, 32, 5, hidden_layers=2, parameterization=parameterization, input_scale="embedding", seed=1, dtype=torch.float64)
+    b = NTKMLP(12, 32, 5, hidden_layers=2, parameterization=parameterization, input_scale="embedding", seed=1, dtype=torch.float64)
     opt = torch.optim.SGD(b.param_groups(lr), lr=lr)
     for _ in range(steps):
         with fused_sgd(a, lr):
@@ -86,7 +86,7 @@ def test_fused_sgd_equals_torch_sgd(parameterization, kind):
     targets = torch.randint(5, (9,), generator=g)
     a, b = _sgd_pair(parameterization, inputs, targets, lr=0.3)
     moved = False
-    init = NTKMLP(12, 32, 5, depth=2, parameterization=parameterization, input_scale="embedding", seed=1, dtype=torch.float64)
+    init = NTKMLP(12, 32, 5, hidden_layers=2, parameterization=parameterization, input_scale="embedding", seed=1, dtype=torch.float64)
     for pa, pb, p0 in zip(a.parameters(), b.parameters(), init.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-12)
         assert pa.grad is None  # fused: no gradient tensor
@@ -197,3 +197,16 @@ def test_limits_that_do_not_exist_are_refused():
         NTKMLP(5, 8, 2, parameterization="pytorch").limit_kernels(torch.tensor([0, 1]), want=("feature_cosine",))
     with pytest.raises(TypeError, match="hidden_layers"):
         NTKMLP(5, 8, 2, depth=2)
+
+
+def test_input_cosine_is_the_inputs_cosine_in_every_parameterization():
+    """rho^(1)(x, z) = x.z / (|x| |z|) (Definition 3), by hand in float64; for one-hot ids 1 for the
+    same word and 0 otherwise, even where the uniform first layer has no Gaussian limit."""
+    g = torch.Generator().manual_seed(4)
+    x, z = torch.randn(3, 6, generator=g, dtype=torch.float64), torch.randn(2, 6, generator=g, dtype=torch.float64)
+    by_hand = (x @ z.T) / torch.outer(x.norm(dim=1), z.norm(dim=1))
+    for parameterization in ("ntk", "mup", "standard", "pytorch"):
+        got = NTKMLP(6, 8, 2, parameterization=parameterization).limit_kernels(x, z, want=("input_cosine",))
+        torch.testing.assert_close(got["input_cosine"], by_hand, rtol=0, atol=1e-15)
+    ids = NTKMLP(5, 8, 2, parameterization="pytorch").limit_kernels(torch.tensor([0, 1, 1]), want=("input_cosine",))
+    assert ids["input_cosine"].tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
