@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .kernels import INPUT_SCALES, input_fan_in
+from .kernels import input_fan_in
 
 PARAMETERIZATIONS = ("ntk", "mup", "standard", "pytorch")  # the one list: recipes, plots and tables use it
 

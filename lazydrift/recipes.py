@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .kernels import INPUT_SCALES
 from .losses import LOSSES
-from .model import INPUT_SCALES, PARAMETERIZATIONS
+from .model import PARAMETERIZATIONS
 from .optimizers import HYPERPARAMETERS, OPTIMIZERS
 
 DATASETS = ("text8-mini", "text8", "mnist")
