@@ -495,8 +495,8 @@ def test_theorem_2_rate_against_50_digit_proposition_5():
 def hidden_outputs(model, x):
     from lazydrift import extract_features  # imported here: this section is the only user
 
-    feats = extract_features(model, x, [f"hidden.{k}" for k in range(model.depth)])
-    return {k: feats[f"hidden.{k}"] for k in range(model.depth)}
+    feats = extract_features(model, x, [f"hidden.{k}" for k in range(model.hidden_layers)])
+    return {k: feats[f"hidden.{k}"] for k in range(model.hidden_layers)}
 
 
 def test_nngp_monte_carlo_one_hidden_layer():

@@ -66,10 +66,10 @@ def test_sphere_inputs_cosines_at_init_match_the_recursion():
     x = x / x.norm(dim=1, keepdim=True)
     model = NTKMLP(8, width, 1, hidden_layers=2, seed=3, dtype=torch.float64)
     gram = _init_cosines(model, x, ["hidden.0", "hidden.1"])
-    rho = (x @ x.T).numpy()
+    limit = model.limit_kernels(x, want=("feature_cosine",))["feature_cosine"].numpy()  # h^(k+1)(rho^(1))
     for k in range(2):
         gk = gram[gram.layer == f"hidden.{k}"]
-        predicted = feature_cosine(rho[gk.i, gk.j], k)
+        predicted = limit[k, gk.i, gk.j]
         err = gk.cosine.to_numpy() - predicted
         assert np.abs(err).max() < 6 / math.sqrt(width), (k, np.abs(err).max())
         assert np.ptp(predicted) > 0.3  # the check spans a real range of correlations
