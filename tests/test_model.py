@@ -7,9 +7,11 @@ import torch
 from torch.nn import functional as F
 
 from lazydrift import NTKMLP, extract_features, fused_sgd, mse_loss
+from lazydrift.kernels import INPUT_SCALES
+from lazydrift.model import PARAMETERIZATIONS
 
 
-@pytest.mark.parametrize("input_scale", ["fan_in", "embedding"])
+@pytest.mark.parametrize("input_scale", INPUT_SCALES)
 def test_token_lookup_equals_dense_one_hot_product(input_scale):
     model = NTKMLP(50, 64, 7, hidden_layers=2, input_scale=input_scale, seed=0, dtype=torch.float64)
     ids = torch.tensor([0, 3, 3, 49, 17])
@@ -132,8 +134,8 @@ def _h(r):
     return (r * math.asin(r) + math.sqrt(1 - r * r)) / math.pi + r / 2
 
 
-@pytest.mark.parametrize("parameterization", ["ntk", "mup", "standard", "pytorch"])
-@pytest.mark.parametrize("input_scale", ["fan_in", "embedding"])
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+@pytest.mark.parametrize("input_scale", INPUT_SCALES)
 def test_limit_nngp_of_one_hidden_layer_by_hand(parameterization, input_scale):
     """One hidden layer (L = 2): u = m1 W1 x with W1 ~ (0, s1^2) has covariance (m1 s1)^2 x.z, so
     Sigma^(2) = (m2 s2)^2 n E[relu(u) relu(u')] = (m2 s2)^2 n sqrt(qx qz) h(rho) / 2."""
@@ -205,7 +207,7 @@ def test_input_cosine_is_the_inputs_cosine_in_every_parameterization():
     g = torch.Generator().manual_seed(4)
     x, z = torch.randn(3, 6, generator=g, dtype=torch.float64), torch.randn(2, 6, generator=g, dtype=torch.float64)
     by_hand = (x @ z.T) / torch.outer(x.norm(dim=1), z.norm(dim=1))
-    for parameterization in ("ntk", "mup", "standard", "pytorch"):
+    for parameterization in PARAMETERIZATIONS:
         got = NTKMLP(6, 8, 2, parameterization=parameterization).limit_kernels(x, z, want=("input_cosine",))
         torch.testing.assert_close(got["input_cosine"], by_hand, rtol=0, atol=1e-15)
     ids = NTKMLP(5, 8, 2, parameterization="pytorch").limit_kernels(torch.tensor([0, 1, 1]), want=("input_cosine",))

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lazydrift import NTKMLP
+from lazydrift.model import PARAMETERIZATIONS
 from lazydrift.losses import LOSSES, cross_entropy, loss_function
 from lazydrift.optimizers import OPTIMIZERS, Optimizer, adam_lr_factors, hyperparameters, lr_factors, param_groups
 from lazydrift.train import mse_loss
@@ -110,7 +111,7 @@ def batches(n_steps, seed=0):
 
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("parameterization", ["ntk", "mup", "standard", "pytorch"])
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
 def test_two_steps_match_hand_computation(parameterization, optimizer, loss):
     model = NTKMLP(D, N, K, hidden_layers=2, parameterization=parameterization, input_scale="fan_in",
                    seed=3, dtype=torch.float64)
@@ -132,7 +133,7 @@ def test_two_steps_match_hand_computation(parameterization, optimizer, loss):
 
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("parameterization", ["ntk", "mup", "standard", "pytorch"])
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
 def test_matches_torch_optim_on_token_ids(parameterization, optimizer, loss):
     """Token-id inputs (the lookup path, sparse rows in the input layer's gradient), 4 steps,
     against torch.optim's for-loop implementation over param_groups after a plain backward."""
