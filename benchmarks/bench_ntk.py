@@ -7,7 +7,7 @@ Everything is measured side by side in one run and printed as ratios (these mach
     python benchmarks/bench_ntk.py --only limit    # just section 5
 
 1. equality: max |structured - jacobian| / max |jacobian| in float64 on small NTKMLPs (token ids
-   and float inputs, depths 1 to 4, ntk / mup / standard) and an nn.Sequential of nn.Linear with
+   and float inputs, 1 to 4 hidden layers, ntk / mup / standard) and an nn.Sequential of nn.Linear with
    biases (target <= 1e-10; tests/test_empirical.py asserts it).  Also the Jacobian route's time
    on a model small enough for its n x P buffer, against the structured route's.
 2. time: one structured NTK of ``NTKMLP(2000, width, 2000, input_scale="embedding")`` on 256 token
@@ -21,7 +21,7 @@ Everything is measured side by side in one run and printed as ratios (these mach
    included, and Theta_0 on entering): overhead = kernels * t_ntk / (1000 * t_step) (target <= 2%);
    a run's noise floor (lazydrift.cell.record_noise_floor) computes 2 more.
 5. ||Theta_0 - Theta_inf||_F / ||Theta_inf||_F for Table 1's network at CPU scale,
-   ``NTKMLP(200, width, 200, depth=2, input_scale="embedding")`` (ntk), on all 200 token probes,
+   ``NTKMLP(200, width, 200, hidden_layers=2, input_scale="embedding")`` (ntk), on all 200 token probes,
    output="random", widths 250..4000, several seeds, and its fitted log-log slope (theory -1/2).
 6. ||Theta_t - Theta_0||_F / ||Theta_0||_F after 10 SGD steps (lr 1, batch 256, a toy token task
    y = (x + 1) mod V) on the same networks, and its slope: a first look at the width exponent of
@@ -70,11 +70,11 @@ def bench_equality() -> dict:
     worst = 0.0
     g = torch.Generator().manual_seed(0)
     for parameterization in ("ntk", "mup", "standard"):
-        for depth in (1, 2, 3, 4):
+        for hidden_layers in (1, 2, 3, 4):
             for input_scale, x in (("embedding", torch.randint(9, (6,), generator=g)),
                                    ("fan_in", torch.randn(6, 9, dtype=torch.float64, generator=g))):
-                model = NTKMLP(9, 12, 4, depth=depth, parameterization=parameterization,
-                               input_scale=input_scale, seed=depth, dtype=torch.float64)
+                model = NTKMLP(9, 12, 4, hidden_layers=hidden_layers, parameterization=parameterization,
+                               input_scale=input_scale, seed=hidden_layers, dtype=torch.float64)
                 a, b = structured_ntk(model, x, output="random"), jacobian_ntk(model, x, output="random")
                 worst = max(worst, ((a - b).abs().max() / b.abs().max()).item())
     seq = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 3)).double()
@@ -172,7 +172,7 @@ def bench_limit(widths, seeds, vocab: int = 200, train_steps: int = 10) -> list[
     probes = torch.arange(vocab)
     for width in widths:
         for seed in seeds:
-            model = NTKMLP(vocab, width, vocab, depth=2, input_scale="embedding", seed=seed)
+            model = NTKMLP(vocab, width, vocab, hidden_layers=2, input_scale="embedding", seed=seed)
             tracker = KernelDriftTracker(model, probes, output="random", seed=seed)
             first = tracker.record(0)
             g = torch.Generator().manual_seed(1000 + seed)
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     if "equality" in results:
         e = results["equality"]
         print("\n1. structured vs Jacobian route, float64 (target <= 1e-10)")
-        print(f"NTKMLP (ids and floats, depths 1-4, ntk/mup/standard): max rel diff {e['ntkmlp_max_rel_diff']:.2e}")
+        print(f"NTKMLP (ids and floats, 1-4 hidden layers, ntk/mup/standard): max rel diff {e['ntkmlp_max_rel_diff']:.2e}")
         print(f"nn.Sequential of nn.Linear with biases:                max rel diff {e['sequential_max_rel_diff']:.2e}")
         print(f"width 512, 64 probes: Jacobian route {e['jacobian_s_w512_n64']:.3f} s, structured "
               f"{e['structured_s_w512_n64']:.4f} s ({e['jacobian_s_w512_n64'] / e['structured_s_w512_n64']:.0f}x)")
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
         print(f"(a float32 n x P Jacobian would be {m['n_by_p_bytes']:,} B)")
     if "limit" in results:
         s = results["limit"]
-        print("\n5-6. NTKMLP(200, width, 200, depth=2, embedding), 200 token probes, output='random'")
+        print("\n5-6. NTKMLP(200, width, 200, hidden_layers=2, embedding), 200 token probes, output='random'")
         print(f"{'width':>6} {'|T0-Tinf|/|Tinf|':>18} {'sd':>8} {'|T10-T0|/|T0|':>15} {'sd':>9}")
         for i, w in enumerate(s["widths"]):
             print(f"{w:>6} {s['limit_distance']['mean'][i]:>18.4f} {s['limit_distance']['sd'][i]:>8.4f} "

@@ -34,6 +34,7 @@ import torch
 
 from .export import write_csv, write_text
 from .features import extract_features
+from .model import PARAMETERIZATIONS
 
 COLUMNS = ["features", "step", "accuracy", "correct", "questions_in_vocab", "total_questions", "coverage",
            "vocab_size", "chance", "zero_vectors"]
@@ -160,7 +161,7 @@ def markdown(frame: pd.DataFrame) -> str:
              "| parameterization | width | seeds | accuracy h_0 | accuracy h_T | questions in vocab | coverage "
              "| dead words h_T |",
              "|---|---|---|---|---|---|---|---|"]
-    order = {p: k for k, p in enumerate(("ntk", "mup", "standard"))}
+    order = {p: k for k, p in enumerate(PARAMETERIZATIONS)}
     for (p, w), g in sorted(frame.groupby(["parameterization", "width"]), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
         t0, tT = g[g.features == "t0"], g[g.features == "tT"]
         lines.append(f"| {p} | {w} | {g.seed.nunique()} | {t0.accuracy.mean():.2%} ({int(t0.correct.sum())}) | "

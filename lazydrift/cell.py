@@ -37,7 +37,7 @@ from .export import write_csv, write_json
 from .fingerprints import relative_change
 from .kernel_drift import KernelDriftTracker
 from .losses import loss_function
-from .model import NTKMLP
+from .model import NTKMLP, NoLimitError
 from .optimizers import Optimizer
 from .recipes import Cell, Recipe, RecipeError, fingerprint_digest
 from .recorder import DriftRecorder
@@ -48,11 +48,11 @@ LOSS_EVERY = 10  # losses.csv: every 10th step and the last
 
 
 # -- what a cell records -------------------------------------------------------------------------
-def model_layers(depth: int) -> list[str]:
+def model_layers(hidden_layers: int) -> list[str]:
     """Names of the NTKMLP modules that produce an output in the forward pass, in forward order:
     ``hidden.k`` (post-ReLU features), ``hidden.k.0`` (pre-activations), ``hidden.k.1`` (the ReLU,
     the same tensor as ``hidden.k``) and ``readout``."""
-    model = NTKMLP(1, 1, 1, depth=depth)
+    model = NTKMLP(1, 1, 1, hidden_layers=hidden_layers)
     return [name for name, module in model.named_modules() if name and name != "hidden"]
 
 
@@ -60,18 +60,18 @@ def recorded_layers(recipe: Recipe) -> list[str]:
     """The recipe's ``[record] layers`` checked against the model and put in its forward order (the
     last hidden layer by default).  This order is stored with each cell and every reader uses it,
     so "the last layer" is the deepest recorded one."""
-    names = model_layers(recipe.model.depth)
-    layers = recipe.record.layers or [f"hidden.{recipe.model.depth - 1}"]
+    names = model_layers(recipe.model.hidden_layers)
+    layers = recipe.record.layers or [f"hidden.{recipe.model.hidden_layers - 1}"]
     unknown = [name for name in layers if name not in names]
     if unknown:
         raise RecipeError(f"{recipe.path}: [record] layers: {', '.join(map(repr, unknown))} is not a layer of the "
-                          f"{recipe.model.depth}-hidden-layer network; choose from {', '.join(names)}")
+                          f"{recipe.model.hidden_layers}-hidden-layer network; choose from {', '.join(names)}")
     return sorted(dict.fromkeys(layers), key=names.index)
 
 
 def build_model(recipe: Recipe, task: Task, cell: Cell, device: torch.device) -> NTKMLP:
     m = recipe.model
-    return NTKMLP(task.in_features, cell.width, task.out_features, depth=m.depth,
+    return NTKMLP(task.in_features, cell.width, task.out_features, hidden_layers=m.hidden_layers,
                   parameterization=cell.parameterization, input_scale=cell.input_scale,
                   seed=cell.seed, device=device)
 
@@ -181,11 +181,12 @@ def run_cell(recipe: Recipe, task: Task, cell: Cell, device: torch.device, cell_
             extras = after_training(recipe, task, cell, model, cell_dir)
     seconds = seconds_before + time.perf_counter() - start
 
+    limits = init_limits(model, task.probes[:recipe.record.gram_probes]) if rec.pairs is not None else None
     rec.release_model()  # free the trained weights before the untouched copy is built
     optimizer.close()
     del model, optimizer, state
     floor = record_noise_floor(recipe, task, cell, device, layers) if recipe.record.noise_floor and status == "completed" else None
-    write_cell_outputs(rec, losses, floor, task, cell_dir)
+    write_cell_outputs(rec, losses, floor, limits, cell_dir)
     info = {**cell.keys(), "status": status, "error": error, "steps_done": done, "layers": layers,
             "fingerprint": fingerprint_digest(recipe.fingerprint()), "seconds": round(seconds, 3), "seconds_per_step": round(seconds / max(1, done), 6),
             "final_loss": losses[-1][1] if losses else None, **extras}
@@ -241,8 +242,17 @@ def record_noise_floor(recipe: Recipe, task: Task, cell: Cell, device: torch.dev
     return rec, kernel
 
 
+def init_limits(model: NTKMLP, probes: torch.Tensor) -> dict | None:
+    """The model's infinite-width cosines on the Gram probes, for init_theory.csv (None where it has no limit)."""
+    try:
+        return model.limit_kernels(probes, want=("input_cosine", "feature_cosine"))
+    except NoLimitError:
+        return None
+
+
 def write_cell_outputs(rec: DriftRecorder, losses: list[tuple[int, float]],
-                       floor: tuple[DriftRecorder, pd.DataFrame | None] | None, task: Task, cell_dir: Path) -> None:
+                       floor: tuple[DriftRecorder, pd.DataFrame | None] | None, limits: dict | None,
+                       cell_dir: Path) -> None:
     from . import report
 
     write_csv(rec.frame(), cell_dir / "drift.csv")
@@ -252,7 +262,7 @@ def write_cell_outputs(rec: DriftRecorder, losses: list[tuple[int, float]],
     if rec.pairs is not None:
         gram = rec.gram_frame()
         write_csv(gram, cell_dir / "gram.csv")
-        theory = report.init_theory(gram, task.input_cosines)
+        theory = report.init_theory(gram, limits) if limits is not None else pd.DataFrame()
         if len(theory):
             write_csv(theory, cell_dir / "init_theory.csv")
     if rec.ntk_probes is not None:

@@ -4,8 +4,9 @@ Theta(x, x') = sum_p dg(x)/dtheta_p dg(x')/dtheta_p over every trainable paramet
 model's current parameters, for one scalar output g of the network: an output column
 (``output=k``) or ``output="random"``, g(x) = v . f(x) for a fixed seeded unit vector v.  The
 infinite-width NTK is Theta_inf (x) I over the outputs (Theorem 1), so every such g has the
-same limit ``lazydrift.kernels.relu_ntk(x, z, depth + 1)`` for an ``NTKMLP`` of ``depth`` hidden
-layers in the NTK parameterization (see tests/test_empirical.py).
+same limit, ``NTKMLP.limit_kernels(x, z)["ntk"]`` in the NTK parameterization (Theta_inf^(L) of
+:func:`lazydrift.kernels.relu_ntk` with the paper's depth L = hidden_layers + 1; see
+tests/test_empirical.py).
 
 Two routes compute the same matrix:
 

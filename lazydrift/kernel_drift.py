@@ -31,11 +31,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .empirical import empirical_ntk
 from .export import write_csv
-from .kernels import relu_ntk
 from .model import NTKMLP
 
 __all__ = ["COLUMNS", "NETWORK", "relative_distance", "kernel_cosine", "largest_eigenvalue", "target_alignment",
@@ -106,23 +104,18 @@ def target_alignment(theta, targets) -> float:
 
 
 def limit_ntk(model: nn.Module, probes: torch.Tensor) -> torch.Tensor:
-    """Theta_inf on ``probes`` for ``model``'s depth and input scale (Theorem 1), float64 on the CPU.
+    """Theta_inf on ``probes`` (Theorem 1), float64 on the CPU: ``model.limit_kernels``'s ``"ntk"``.
 
-    Defined for an :class:`~lazydrift.model.NTKMLP` in the NTK parameterization: depth d hidden
-    layers is the paper's L = d + 1, ``input_scale="fan_in"`` is the first-layer covariance scale
-    c = 1/n0 (Definition 1) and ``"embedding"`` is c = 1.  Token ids stand for one-hot rows.  Every
-    scalar output (an output column, or v . f for a unit vector v) has this limit, since the
-    infinite-width NTK is Theta_inf (x) I over the outputs.
+    Defined for an :class:`~lazydrift.model.NTKMLP` in the NTK parameterization (its depth L =
+    hidden_layers + 1 and its input layer's own scale, see :meth:`~lazydrift.model.NTKMLP.limit_kernels`);
+    raises ValueError otherwise.  Token ids stand for one-hot rows.  Every scalar output (an output
+    column, or v . f for a unit vector v) has this limit, since the infinite-width NTK is
+    Theta_inf (x) I over the outputs.
     """
     if not isinstance(model, NTKMLP):
         raise ValueError(f"the closed-form limit is defined for NTKMLP, not {type(model).__name__}")
-    if model.parameterization != "ntk":
-        raise ValueError(f"the closed-form limit Theta_inf is the NTK parameterization's; this model is "
-                         f"{model.parameterization!r}, whose kernel at initialization does not tend to it")
     model.check_input(probes)
-    x = probes.detach().cpu()
-    x = F.one_hot(x.long(), model.in_features) if not torch.is_floating_point(x) else x
-    return relu_ntk(x.to(torch.float64), depth=model.depth + 1, input_scale=model.input_scale)
+    return model.limit_kernels(probes, want=("ntk",))["ntk"]
 
 
 def kernel_drift_row(step: int, theta_t, theta_0, targets=None, limit=None) -> dict:

@@ -1,7 +1,7 @@
 """Closed-form infinite-width kernels of a fully-connected ReLU network (paper sections 4 and 6).
 
 Notation follows the paper.  A network of depth ``L`` has ``L`` weight layers (``L - 1`` hidden
-ReLU layers), so ``NTKMLP(depth=d)`` has ``L = d + 1``.  For inputs x, x' in R^{n0}:
+ReLU layers), so ``NTKMLP(hidden_layers=d)`` has ``L = d + 1`` (its ``depth``).  For inputs x, x' in R^{n0}:
 
 * Definition 1:  Sigma^(1)(x, x') = x^T x' / n0 and Sigma^(l+1) = E[relu(u) relu(u')],
   Sigma-dot^(l+1) = E[relu'(u) relu'(u')] with (u, u') ~ N(0, Sigma^(l)).
@@ -103,7 +103,7 @@ from lazydrift import kernel_table
 
 __all__ = [
     "h", "h_prime", "correlations", "feature_cosine", "normalized_kernel_recurrence",
-    "relu_kernels", "relu_ntk", "relu_nngp", "normalized_kernel", "first_layer_scale",
+    "relu_kernels", "relu_ntk", "relu_nngp", "normalized_kernel", "first_layer_scale", "input_fan_in", "INPUT_SCALES",
     "eta_recurrence", "max_offdiag_cosine", "depth_rule",
 ]
 
@@ -239,18 +239,30 @@ def depth_rule(max_cos: float) -> float:
 # ------------------------------------------------------------------------------------------------
 # Kernel matrices
 # ------------------------------------------------------------------------------------------------
+INPUT_SCALES = ("fan_in", "embedding")
+
+
+def input_fan_in(input_scale: str, n0: int) -> int:
+    """The fan-in d by which the first layer is scaled: n0 for ``"fan_in"`` (Definition 1's
+    Sigma^(1) = x^T x' / n0) and 1 for ``"embedding"`` (one-hot token ids read as rows of an
+    embedding table: O(1) pre-activations).  The one place these names get their meaning: the
+    network (:func:`lazydrift.model.layer_scalings`) and its kernel (:func:`first_layer_scale`)
+    both use it."""
+    if input_scale == "fan_in":
+        return n0
+    if input_scale == "embedding":
+        return 1
+    raise ValueError(f"input_scale must be one of {', '.join(INPUT_SCALES)}, got {input_scale!r}")
+
+
 def first_layer_scale(input_scale: str | float, n0: int) -> float:
     """Covariance scale c of the first layer, Sigma^(1) = sigma_w^2 c x^T x' + beta^2.
 
     ``"fan_in"``: c = 1/n0 (Definition 1, NTKMLP's default); ``"embedding"``: c = 1 (one-hot
-    inputs with NTKMLP(input_scale="embedding")); a number is used as c.
+    inputs with NTKMLP(input_scale="embedding")); see :func:`input_fan_in`.  A number is used as c.
     """
     if isinstance(input_scale, str):
-        if input_scale == "fan_in":
-            return 1.0 / n0
-        if input_scale == "embedding":
-            return 1.0
-        raise ValueError(f"input_scale must be 'fan_in', 'embedding' or a positive number, got {input_scale!r}")
+        return 1.0 / input_fan_in(input_scale, n0)
     c = float(input_scale)
     if not c > 0:
         raise ValueError(f"input_scale must be positive, got {input_scale!r}")

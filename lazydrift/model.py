@@ -8,7 +8,12 @@ Theta_inf (Theorem 1).  Three other parameterizations are offered for comparison
 
 Module names are part of the public contract: the post-ReLU output of hidden layer ``k``
 (0-based) is the output of the submodule ``hidden.k``, so forward hooks can target it, and the
-last hidden layer is ``hidden.{depth-1}``.  The readout is ``readout``.
+last hidden layer is ``hidden.{hidden_layers-1}``.  The readout is ``readout``.
+
+Depth, one meaning: ``hidden_layers`` counts hidden ReLU layers (Table 1's network has 2) and
+``depth`` is the paper's L, the number of weight layers, ``hidden_layers + 1``, as in
+:mod:`lazydrift.kernels`.  :meth:`NTKMLP.limit_kernels` gives the network's own infinite-width
+limits (NNGP, NTK, feature cosines), derived from its own layer scalings.
 
 One-hot inputs can be given as integer token ids (LongTensor): the first layer then looks up
 rows of its weight instead of multiplying by a V-by-width one-hot matrix, which is the same
@@ -24,8 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-PARAMETERIZATIONS = ("ntk", "mup", "standard", "pytorch")
-INPUT_SCALES = ("fan_in", "embedding")
+from .kernels import input_fan_in
+
+PARAMETERIZATIONS = ("ntk", "mup", "standard", "pytorch")  # the one list: recipes, plots and tables use it
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,9 @@ class Scaling:
     init: str = "normal"
 
 
-def layer_scalings(parameterization: str, in_features: int, width: int, depth: int,
+def layer_scalings(parameterization: str, in_features: int, width: int, hidden_layers: int,
                    input_scale: str = "fan_in") -> list[Scaling]:
-    """Scalings of the input layer, the depth-1 hidden-to-hidden layers and the readout.
+    """Scalings of the input layer, the hidden_layers - 1 hidden-to-hidden layers and the readout.
 
     With n the hidden width and d the input's fan-in (d is replaced by 1 when
     ``input_scale="embedding"``, the usual scale for one-hot token inputs):
@@ -72,9 +78,7 @@ def layer_scalings(parameterization: str, in_features: int, width: int, depth: i
     """
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
-    if input_scale not in INPUT_SCALES:
-        raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
-    d = 1 if input_scale == "embedding" else in_features
+    d = input_fan_in(input_scale, in_features)
     n = width
     if parameterization == "ntk":
         first = Scaling(1 / math.sqrt(d), 1.0, 1.0)
@@ -93,7 +97,7 @@ def layer_scalings(parameterization: str, in_features: int, width: int, depth: i
                  else Scaling(1.0, 1 / math.sqrt(3 * d), 1.0, "uniform"))
         hidden = Scaling(1.0, 1 / math.sqrt(3 * n), 1.0, "uniform")
         readout = Scaling(1.0, 1 / math.sqrt(3 * n), 1.0, "uniform")
-    return [first] + [hidden] * (depth - 1) + [readout]
+    return [first] + [hidden] * (hidden_layers - 1) + [readout]
 
 
 def scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -267,17 +271,22 @@ class InputLayer(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, multiplier={self.multiplier:.4g}"
 
 
-class NTKMLP(nn.Module):
-    """Bias-free ReLU MLP with ``depth`` hidden layers of equal ``width``.
+class NoLimitError(ValueError):
+    """The network has no infinite-width limit of the kind asked for (the message says why)."""
 
-    The paper's depth L counts weight layers, so ``NTKMLP(..., depth=2)`` (Table 1's network)
-    has L = 3 and its NTK tends to ``lazydrift.kernels.relu_ntk(..., depth=3)``.
+
+class NTKMLP(nn.Module):
+    """Bias-free ReLU MLP with ``hidden_layers`` hidden layers of equal ``width``.
+
+    The paper's depth L counts weight layers: ``NTKMLP(..., hidden_layers=2)`` (Table 1's network)
+    has ``depth`` L = 3, and :meth:`limit_kernels` gives its limits (its NTK tends to
+    ``lazydrift.kernels.relu_ntk(..., depth=3)`` in the NTK parameterization).
 
     Args:
         in_features: input dimension (the vocabulary size V for one-hot tokens).
         width: the hidden width n, the same for every hidden layer.
         out_features: output dimension.
-        depth: number of hidden layers.
+        hidden_layers: number of hidden layers (the paper's L minus 1).
         parameterization: ``"ntk"`` (default), ``"mup"``, ``"standard"`` or ``"pytorch"``; see
             :func:`layer_scalings`.
         input_scale: ``"fan_in"`` divides the first layer by sqrt(in_features) as in
@@ -287,24 +296,101 @@ class NTKMLP(nn.Module):
         device, dtype: where the parameters live.
     """
 
-    def __init__(self, in_features: int, width: int, out_features: int, depth: int = 2, *,
+    def __init__(self, in_features: int, width: int, out_features: int, hidden_layers: int = 2, *,
                  parameterization: str = "ntk", input_scale: str = "fan_in",
                  seed: int | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, **renamed):
         super().__init__()
+        if "depth" in renamed:  # the old name meant hidden layers; depth now means the paper's L everywhere
+            raise TypeError("NTKMLP: depth= is now hidden_layers= (the number of hidden layers); "
+                            "NTKMLP.depth is the paper's L = hidden_layers + 1")
+        if renamed:
+            raise TypeError(f"NTKMLP got unexpected keyword argument(s) {', '.join(map(repr, renamed))}")
         for name, value in (("in_features", in_features), ("width", width),
-                            ("out_features", out_features), ("depth", depth)):
+                            ("out_features", out_features), ("hidden_layers", hidden_layers)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"NTKMLP: {name} must be a positive integer, got {value!r}")
-        self.in_features, self.width, self.out_features, self.depth = in_features, width, out_features, depth
+        self.in_features, self.width, self.out_features = in_features, width, out_features
+        self.hidden_layers = hidden_layers
         self.parameterization, self.input_scale = parameterization, input_scale
-        scalings = layer_scalings(parameterization, in_features, width, depth, input_scale)
+        scalings = layer_scalings(parameterization, in_features, width, hidden_layers, input_scale)
         blocks = [nn.Sequential(InputLayer(in_features, width, scalings[0]), nn.ReLU())]
         blocks += [nn.Sequential(ScaledLinear(width, width, s), nn.ReLU()) for s in scalings[1:-1]]
         self.hidden = nn.ModuleList(blocks)
         self.readout = ScaledLinear(width, out_features, scalings[-1])
         self.to(device=device, dtype=dtype)
         self.reset_parameters(seed)
+
+    @property
+    def depth(self) -> int:
+        """The paper's depth L: the number of weight layers, ``hidden_layers + 1``."""
+        return self.hidden_layers + 1
+
+    def limit_kernels(self, x: torch.Tensor, z: torch.Tensor | None = None,
+                      want=("nngp", "ntk", "feature_cosine")) -> dict[str, torch.Tensor]:
+        """This network's infinite-width limits at inputs ``x`` (and ``z``; default ``x``), float64, CPU.
+
+        Derived from the network's own layers: a layer y = m W a with W ~ (0, s^2) has pre-activation
+        covariance (m s)^2 fan_in E[a a'], so the first layer gives Sigma^(1) = (m_1 s_1)^2 x^T x'
+        (Definition 1 when m_1 = 1/sqrt(n0), s_1 = 1) and every later layer sigma_w^2 = (m s)^2 n.
+
+        * ``"nngp"``: Sigma^(L)(x, z), the covariance of each output at initialization
+          (Proposition 2 through the layers; L = :attr:`depth`);
+        * ``"ntk"``: Theta_inf^(L)(x, z) (Theorem 1), the limit of the empirical NTK of one output
+          (:mod:`lazydrift.empirical`), i.e. the kernel that plain SGD follows in the lazy limit.
+          Only in the ``ntk`` parameterization, where every layer learns at the same rate: under
+          ``mup`` the features move at every width (no kernel limit), under ``standard`` the
+          learning rate eta/n freezes the input layer in the limit, and ``pytorch`` trains at a
+          width-independent rate;
+        * ``"feature_cosine"``: (hidden_layers, n, m), the cosine between the post-ReLU features of
+          ``hidden.k`` at two inputs, h^(k+1)(rho^(1)) = rho^(k+2) (Proposition 2, Definition 5);
+        * ``"input_cosine"``: rho^(1)(x, z) (Definition 3), the inputs' cosine that the feature
+          cosines are functions of (exact at every width).
+
+        Integer ``x``/``z`` are token ids standing for one-hot rows.  The limit assumes Gaussian
+        pre-activations; one-hot inputs through a uniformly initialized first layer (``pytorch``
+        with ``input_scale="fan_in"``) give single uniform weights instead, and are refused.
+        Raises :class:`NoLimitError` when a requested limit does not exist.
+        """
+        from .kernels import relu_kernels
+
+        want = tuple(want)
+        unknown = set(want) - {"nngp", "ntk", "feature_cosine", "input_cosine"}
+        if unknown or not want:
+            raise ValueError(f"want must name some of 'nngp', 'ntk', 'feature_cosine', 'input_cosine', got {want!r}")
+        if "ntk" in want and self.parameterization != "ntk":
+            raise NoLimitError(f"NTKMLP: the {self.parameterization!r} parameterization has no Theorem-1 NTK "
+                               "limit (see NTKMLP.limit_kernels); use parameterization='ntk'")
+        first, hidden, readout = self.scalings()[0], self.scalings()[1], self.scalings()[-1]
+        integer = [t is not None and not torch.is_floating_point(t) for t in (x, z)]
+        if any(integer) and first.init != "normal" and set(want) != {"input_cosine"}:
+            raise NoLimitError("NTKMLP: one-hot inputs through a uniformly initialized first layer have uniform, "
+                               "not Gaussian, pre-activations: Proposition 2's limit does not apply")
+        x, z = (None if t is None else self._dense_inputs(t) for t in (x, z))
+        sigma_w2 = (hidden.multiplier * hidden.init_std) ** 2 * self.width
+        c = (first.multiplier * first.init_std) ** 2 / sigma_w2  # Sigma^(1) = sigma_w2 c x^T z
+        readout_ratio = (readout.multiplier * readout.init_std) ** 2 * self.width / sigma_w2
+        out = {}
+        if "nngp" in want or "ntk" in want:
+            k = relu_kernels(x, z, self.depth, sigma_w2=sigma_w2, input_scale=c,
+                             want=[w for w in ("nngp", "ntk") if w in want])
+            out.update({"nngp": k["nngp"] * readout_ratio} if "nngp" in want else {})
+            out.update({"ntk": k["ntk"]} if "ntk" in want else {})
+        if "feature_cosine" in want:
+            depths = list(range(2, self.hidden_layers + 2))
+            out["feature_cosine"] = relu_kernels(x, z, depths, want=("rho",))["rho"]  # a list of depths: a stack
+        if "input_cosine" in want:
+            out["input_cosine"] = relu_kernels(x, z, 1, want=("rho",))["rho"]
+        return {name: out[name] for name in want}
+
+    def scalings(self) -> list[Scaling]:
+        """Each weight layer's :class:`Scaling`, in forward order."""
+        return [layer.scaling for layer in self.linear_layers()]
+
+    def _dense_inputs(self, t: torch.Tensor) -> torch.Tensor:
+        if torch.is_floating_point(t):
+            return t.detach().to("cpu", torch.float64)
+        return F.one_hot(t.detach().to("cpu", torch.int64), self.in_features).to(torch.float64)
 
     def reset_parameters(self, seed: int | None = None) -> None:
         """Draw every weight afresh; the same seed on the same device gives the same weights."""
@@ -324,7 +410,7 @@ class NTKMLP(nn.Module):
     @property
     def last_hidden(self) -> str:
         """Module name of the last hidden layer's post-ReLU output (Table 1's h_t)."""
-        return f"hidden.{self.depth - 1}"
+        return f"hidden.{self.hidden_layers - 1}"
 
     def default_record_layers(self) -> list[str]:
         return [self.last_hidden]

@@ -41,6 +41,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .model import PARAMETERIZATIONS
 from .train import fused_sgd
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -51,8 +52,8 @@ HYPERPARAMETERS = {  # each optimizer's own hyperparameters and their defaults (
 }
 
 
-def adam_lr_factors(parameterization: str, width: int, depth: int) -> list[float]:
-    """Adam's learning-rate factor of the input layer, the depth-1 hidden layers and the readout.
+def adam_lr_factors(parameterization: str, width: int, hidden_layers: int) -> list[float]:
+    """Adam's learning-rate factor of the input layer, the hidden_layers - 1 hidden-to-hidden layers and the readout.
 
     ============  ==============================================================
     ntk           1, 1, 1: one learning rate, the parameterization as written
@@ -77,21 +78,17 @@ def adam_lr_factors(parameterization: str, width: int, depth: int) -> list[float
     Adam's epsilon is not rescaled (TP5 notes it should shrink with the gradients; at the
     widths here the mup readout's gradients stay far above 1e-8).
     """
-    n = width
-    if parameterization == "mup":
-        hidden = 1 / math.sqrt(n)
-    elif parameterization in ("ntk", "standard", "pytorch"):
-        hidden = 1.0
-    else:
-        raise ValueError(f"parameterization must be one of ntk, mup, standard, pytorch; got {parameterization!r}")
-    return [1.0] + [hidden] * (depth - 1) + [1.0]
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}; got {parameterization!r}")
+    hidden = 1 / math.sqrt(width) if parameterization == "mup" else 1.0
+    return [1.0] + [hidden] * (hidden_layers - 1) + [1.0]
 
 
 def lr_factors(model: nn.Module, optimizer: str) -> list[float]:
     """Each weight layer's learning-rate factor (``model.linear_layers()`` order) for ``optimizer``."""
     check_optimizer(optimizer)
     if optimizer == "adam":
-        return adam_lr_factors(model.parameterization, model.width, model.depth)
+        return adam_lr_factors(model.parameterization, model.width, model.hidden_layers)
     return [layer.lr_scale for layer in model.linear_layers()]
 
 

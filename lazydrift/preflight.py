@@ -7,14 +7,14 @@ Memory.  The largest cell's footprint on the chosen device is estimated from the
 (before the data are loaded; for text8 the vocabulary is at most ``vocab_size``) and compared
 with what the device has free: ``MemAvailable`` of /proc/meminfo on CPU (``os.sysconf`` where
 there is no /proc), ``torch.cuda.mem_get_info`` on CUDA.  In float32 (4 bytes), with V_in, V_out
-the input and output sizes, n the width, L the hidden layers, P the probes, B the batch:
+the input and output sizes, n the width, H the number of hidden layers (the paper's depth is H + 1), P the probes, B the batch:
 
-* parameters: (V_in n + (L - 1) n^2 + n V_out) * 4;
+* parameters: (V_in n + (H - 1) n^2 + n V_out) * 4;
 * optimizer state (:func:`lazydrift.optimizers.state_bytes`, the largest over the recipe's
   optimizers): none for fused SGD; momentum one buffer per weight and Adam two (a copy of the
   parameters each), plus one gradient buffer the size of the largest weight; with
   ``fused_sgd = false`` (plain autograd and ``torch.optim``) a gradient per weight instead;
-* training activations: each hidden layer keeps its pre-activation and output, B n * 2 L * 4,
+* training activations: each hidden layer keeps its pre-activation and output, B n * 2 H * 4,
   plus the output and residual, 2 B V_out * 4;
 * h_0: P * (sum of the recorded layers' sizes) * 4, and the probe buffers as much again for h_t,
   plus |h_t - h_0| of the widest layer (P n * 4) and one probe batch's layer input and output;
@@ -24,8 +24,8 @@ the input and output sizes, n the width, L the hidden layers, P the probes, B th
   and h_T, h_0 of every vocabulary word;
 * kernel (``[record] ntk``, on k = min(ntk_probes, P) probes): the structured NTK's pass keeps,
   per probe, each hidden layer's input, pre-activation and output and the readout's output (the
-  autograd graph, (3 L n + 2 V_out) * 4), and one gradient per layer output from the backward
-  ((L n + V_out) * 4); plus float inputs (k V_in * 4), the n x n Gram blocks and kernels
+  autograd graph, (3 H n + 2 V_out) * 4), and one gradient per layer output from the backward
+  ((H n + V_out) * 4); plus float inputs (k V_in * 4), the n x n Gram blocks and kernels
   (about 8 k^2 * 8) and Theta_inf's one-hot inputs (k V_in * 8).  Measured: 0.30 GB added at
   width 30000, V = 2000, k = 256 (benchmarks/bench_ntk.py), where this gives 0.26 GB.
 
@@ -111,8 +111,8 @@ def _check_out(out: Path) -> None:
 def cell_memory(recipe: Recipe, width: int, layers: list[str]) -> dict[str, int]:
     """Bytes the cell of ``width`` needs at its peak, by part (see the module doc)."""
     d_in, d_out, probes = task_shape(recipe)
-    depth, r, t = recipe.model.depth, recipe.record, recipe.train
-    weights = [d_in * width] + [width * width] * (depth - 1) + [width * d_out]
+    hidden_layers, r, t = recipe.model.hidden_layers, recipe.record, recipe.train
+    weights = [d_in * width] + [width * width] * (hidden_layers - 1) + [width * d_out]
     params = sum(weights) * FLOAT32
     sizes = [d_out if layer == "readout" else width for layer in layers]
     batch = min(r.probe_batch_size, probes)
@@ -121,7 +121,7 @@ def cell_memory(recipe: Recipe, width: int, layers: list[str]) -> dict[str, int]
     parts = {
         "parameters": params,
         "optimizer state": max(state_bytes(p.optimizer, weights, t.fused_sgd, FLOAT32) for p in recipe.protocols()),
-        "training activations": (t.batch_size * width * 2 * depth + 2 * t.batch_size * d_out) * FLOAT32,
+        "training activations": (t.batch_size * width * 2 * hidden_layers + 2 * t.batch_size * d_out) * FLOAT32,
         "h_0": probes * sum(sizes) * FLOAT32,
         "probe buffers": (probes * sum(sizes) + probes * max(sizes) + 2 * batch * width) * FLOAT32,
         "recorded rows": records * len(layers) * (probes * 8 + (k * (k - 1) // 2) * 10) * 8,
@@ -136,9 +136,9 @@ def cell_memory(recipe: Recipe, width: int, layers: list[str]) -> dict[str, int]
 def kernel_memory(recipe: Recipe, width: int) -> int:
     """Bytes of one structured NTK of the cell of ``width`` on its kernel probes (see the module doc)."""
     d_in, d_out, probes = task_shape(recipe)
-    k, depth = min(recipe.record.ntk_probes, probes), recipe.model.depth
+    k, hidden_layers = min(recipe.record.ntk_probes, probes), recipe.model.hidden_layers
     float_inputs = k * d_in * FLOAT32 if recipe.data.dataset == "mnist" else 0
-    return ((3 * depth * width + 2 * d_out) + (depth * width + d_out)) * k * FLOAT32 + float_inputs \
+    return ((3 * hidden_layers * width + 2 * d_out) + (hidden_layers * width + d_out)) * k * FLOAT32 + float_inputs \
         + 8 * k * k * 8 + k * d_in * 8
 
 

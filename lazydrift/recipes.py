@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .kernels import INPUT_SCALES
 from .losses import LOSSES
-from .model import INPUT_SCALES, PARAMETERIZATIONS
+from .model import PARAMETERIZATIONS
 from .optimizers import HYPERPARAMETERS, OPTIMIZERS
 
 DATASETS = ("text8-mini", "text8", "mnist")
@@ -70,7 +71,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     widths: list[int] = field(default_factory=lambda: [1000, 3000])
-    depth: int = 2                # hidden layers (the paper's L = depth + 1 weight layers)
+    hidden_layers: int = 2        # number of hidden layers (the paper's depth L = hidden_layers + 1 weight layers)
     parameterization: str | list[str] = "ntk"  # ntk | mup | standard | pytorch, or a list to compare them
     input_scale: str = "embedding"  # embedding (scale 1) | fan_in (1/sqrt(V), Definition 1)
 
@@ -307,6 +308,9 @@ def recipe_from_dict(raw: dict, path: str | Path = "<recipe>") -> Recipe:
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise RecipeError(f"{path}: [{key}] must be a table (a [{key}] section)")
+            if key == "model" and "depth" in value:  # the old name of hidden_layers; depth now means the paper's L
+                raise RecipeError(f"{path}: [model] depth is now called hidden_layers (the number of hidden layers; "
+                                  f"the paper's depth L is one more): rename it to hidden_layers = {value['depth']!r}")
             sections[key] = _build(SECTIONS[key], value, path, f"[{key}] ")
         elif key == PROTOCOLS:
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -403,7 +407,7 @@ def _check_values(r: Recipe, path) -> None:
     choice("[data] dataset", d.dataset, DATASETS)
     for where, value, low in (("[data] max_tokens", d.max_tokens, 0), ("[data] vocab_size", d.vocab_size, 2),
                               ("[data] window", d.window, 1), ("[data] n_train", d.n_train, 1),
-                              ("[data] n_probes", d.n_probes, 0), ("[model] depth", m.depth, 1),
+                              ("[data] n_probes", d.n_probes, 0), ("[model] hidden_layers", m.hidden_layers, 1),
                               ("[train] steps", t.steps, 0), ("[train] batch_size", t.batch_size, 1),
                               ("[record] points", rec.points, 1), ("[record] probe_batch_size", rec.probe_batch_size, 1),
                               ("[record] gram_probes", rec.gram_probes, 0),

@@ -44,13 +44,14 @@ def hidden_index(layer: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def init_theory(gram: pd.DataFrame, input_cosines: np.ndarray) -> pd.DataFrame:
+def init_theory(gram: pd.DataFrame, limits: dict) -> pd.DataFrame:
     """Measured cosine of each pair at t = 0 beside the infinite-width prediction h^(k+1)(rho^(1)).
 
-    Only for NTKMLP hidden layers ``hidden.k`` (Proposition 2, Definition 5; footnote 5).
+    ``limits`` is the model's own ``NTKMLP.limit_kernels(probes, want=("input_cosine",
+    "feature_cosine"))`` on the Gram probes (gram's ``i``, ``j`` index them).  Only for NTKMLP
+    hidden layers ``hidden.k`` (Proposition 2, Definition 5; footnote 5).
     """
-    from .kernels import feature_cosine
-
+    rho1, features = limits["input_cosine"].numpy(), limits["feature_cosine"].numpy()
     g0 = gram[gram.step == gram.step.min()]
     parts = []
     for layer, gl in g0.groupby("layer"):
@@ -58,9 +59,8 @@ def init_theory(gram: pd.DataFrame, input_cosines: np.ndarray) -> pd.DataFrame:
         if k is None:
             continue
         i, j = gl.i.to_numpy(), gl.j.to_numpy()
-        rho = input_cosines[i, j]
-        parts.append(pd.DataFrame({"layer": layer, "i": i, "j": j, "rho_input": rho,
-                                   "predicted": feature_cosine(rho, k), "measured": gl.cosine.to_numpy()}))
+        parts.append(pd.DataFrame({"layer": layer, "i": i, "j": j, "rho_input": rho1[i, j],
+                                   "predicted": features[k, i, j], "measured": gl.cosine.to_numpy()}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -292,11 +292,11 @@ def table1_markdown(recipe, final: pd.DataFrame, info: dict, kernel: pd.DataFram
     final = final[final.seed == seed]
     step = int(final.step.max())
     layer = final.layer.iloc[0]
-    which = "Last hidden layer" if layer == f"hidden.{recipe.model.depth - 1}" else "Last recorded layer"
+    which = "Last hidden layer" if layer == f"hidden.{recipe.model.hidden_layers - 1}" else "Last recorded layer"
     seeds = f"seed {seed}" + (f" (of {len(recipe.seed_list)}; fingerprints.csv has every seed)"
                               if len(recipe.seed_list) > 1 else "")
     lines = [f"# Table 1: {recipe.name}", "",
-             f"{which} ({layer}) of a {recipe.model.depth}-hidden-layer ReLU network trained on "
+             f"{which} ({layer}) of a {recipe.model.hidden_layers}-hidden-layer ReLU network trained on "
              f"{info.get('task', recipe.data.dataset)}, batch {recipe.train.batch_size}, {seeds}; h_t at step "
              f"t = {step}. Mean (sample s.d.) over {info.get('probes', 'the probes')}."]
     protocols = [p for p in recipe.protocols() if p.name in set(final.protocol)]

@@ -64,6 +64,7 @@ from scipy import stats
 
 from .export import write_csv, write_figure, write_text
 from .kernel_drift import NETWORK
+from .model import PARAMETERIZATIONS
 
 DRIFT_MEASURES = ("l2", "linf", "ratio")
 GRAM_MEASURES = {"gram_max_change": "median_max_change", "gram_rel_change": "median_rel_change"}
@@ -200,7 +201,7 @@ def plot_scaling(pts: pd.DataFrame, table: pd.DataFrame, path: str | Path, layer
 
     plt = _pyplot()
     pts = pts[pts.layer.isin([layer, NETWORK])]  # the kernel's measures are the network's
-    params = [p for p in ("ntk", "mup", "standard") if p in set(pts.parameterization)]
+    params = [p for p in PARAMETERIZATIONS if p in set(pts.parameterization)]
     params += sorted(set(pts.parameterization) - set(params))
     measures = [m for m in MEASURES if m in set(pts.measure)]
     fig, axes = plt.subplots(len(params), len(measures), figsize=(2.3 * len(measures), 2.1 * len(params)),
@@ -303,7 +304,7 @@ def scaling_markdown(table: pd.DataFrame, layer: str) -> str:
         final = final[(final.layer == layer) | ((final.layer == NETWORK) & final.measure.isin(list(KERNEL_MEASURES)))]
     if final.empty or not (final.layer == layer).any():
         return ""
-    params = [p for p in ("ntk", "mup", "standard") if p in set(final.parameterization)]
+    params = [p for p in PARAMETERIZATIONS if p in set(final.parameterization)]
     lines = [f"| {layer} | " + " | ".join(f"{p}: slope [95% CI] (theory)" for p in params) + " |",
              "|---|" + "---|" * len(params)]
     for m in MEASURES:

@@ -30,7 +30,6 @@ class Task:
     make_sampler: Callable[[int], object]  # seed -> object with next_batch(), state_dict(), load_state_dict()
     probes: torch.Tensor                   # inputs (token ids or float rows)
     probe_table: pd.DataFrame              # probe -> what it is (word, image row, label)
-    input_cosines: np.ndarray              # cosine between the probes' inputs (rho^(1))
     info: dict
     vocab: object = None                   # text8 tasks: the Vocabulary
 
@@ -62,7 +61,6 @@ def text8_task(recipe: Recipe) -> Task:
         name=d.dataset, in_features=V, out_features=V,
         make_sampler=lambda seed: text8.SkipGramSampler(ids, d.window, recipe.train.batch_size, seed),
         probes=probe_ids, probe_table=table,
-        input_cosines=np.eye(n_probes),  # distinct one-hot vectors are orthogonal
         info={"task": f"skip-gram on {d.dataset} (V = {V} one-hot words in and out, window {d.window})",
               "tokens": len(tokens), "tokens_in_vocab": int(len(ids)), "vocab_size": V,
               "vocab_coverage": round(float(len(ids) / max(1, len(tokens))), 4), "window": d.window,
@@ -104,11 +102,10 @@ def mnist_task(recipe: Recipe) -> Task:
     probes = x[probe_rows]
     table = pd.DataFrame({"probe": np.arange(n_probes), "row": probe_rows.numpy(),
                           "label": labels[probe_rows].numpy()})
-    cos = (probes.double() @ probes.double().T).clamp(-1, 1).numpy()
     return Task(
         name="mnist", in_features=x.shape[1], out_features=10,
         make_sampler=lambda seed: ArraySampler(x, y, recipe.train.batch_size, seed),
-        probes=probes, probe_table=table, input_cosines=cos,
+        probes=probes, probe_table=table,
         info={"task": f"MNIST, {len(x)} training images on the unit sphere, one-hot (10-dimensional) targets",
               "n_train": len(x), "probes": f"{n_probes} training images sampled with seed {probe_seed(recipe.seed)}"},
     )

@@ -71,7 +71,7 @@ def test_no_covered_question_gives_nan_accuracy(questions):
 
 
 def test_features_are_the_last_hidden_layers_output():
-    model = NTKMLP(40, 24, 40, depth=3, parameterization="mup", input_scale="embedding", seed=3)
+    model = NTKMLP(40, 24, 40, hidden_layers=3, parameterization="mup", input_scale="embedding", seed=3)
     with torch.no_grad():  # by hand: the hidden blocks called one after the other, no hooks
         expected = torch.arange(40)
         for block in model.hidden:
@@ -83,11 +83,11 @@ def test_features_are_the_last_hidden_layers_output():
 
 def test_evaluate_cell_writes_t0_from_the_seed_and_tT(tmp_path, questions):
     words = ["man", "king", "woman", "queen", "boy", "girl", "athens", "greece"]
-    trained = NTKMLP(len(words), 16, len(words), depth=2, input_scale="embedding", seed=5)
+    trained = NTKMLP(len(words), 16, len(words), hidden_layers=2, input_scale="embedding", seed=5)
     with torch.no_grad():
         trained.readout.weight.zero_()  # not the features: h is unchanged
         trained.hidden[1][0].weight.mul_(2)  # the last hidden layer: h_T = 2 h_0 after ReLU
-    fresh = lambda: NTKMLP(len(words), 16, len(words), depth=2, input_scale="embedding", seed=5)
+    fresh = lambda: NTKMLP(len(words), 16, len(words), hidden_layers=2, input_scale="embedding", seed=5)
     extras = analogy.evaluate_cell(trained, fresh, words, step=9, cell_dir=tmp_path, path=questions)
     frame = pd.read_csv(tmp_path / "analogy.csv")
     assert list(frame.columns) == analogy.COLUMNS

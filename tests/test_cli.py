@@ -1,6 +1,7 @@
 """End to end: `lazydrift run` on a tiny recipe writes every file with the right columns and numbers."""
 
 import json
+import math
 import re
 
 import numpy as np
@@ -64,6 +65,12 @@ def test_run_writes_every_file(tmp_path, capsys, one_thread):
     assert len(run["cells"]) == 2 and all(c["seconds_per_step"] > 0 for c in run["cells"])
     for name in ("gram_summary.csv", "init_theory.csv", "init_theory_summary.csv", "noise_floor.csv"):
         assert (out / name).is_file(), name
+    # one-hot words: rho^(1) = 0, so hidden.1's features are predicted at h(h(0)) = h(1/pi) (footnote 5), by hand
+    theory = pd.read_csv(out / "init_theory.csv")
+    r = 1 / math.pi
+    assert set(theory.layer) == {"hidden.1"} and (theory.rho_input == 0).all()
+    assert theory.predicted.to_numpy() == pytest.approx((math.sqrt(1 - r * r) + (math.pi - math.acos(r)) * r) / math.pi,
+                                                        rel=1e-15)
     # CPU, one process: the untouched copy runs the same computation at every step, so it reads 0
     assert (pd.read_csv(out / "noise_floor.csv").value == 0).all()
 

@@ -65,18 +65,18 @@ def relu_ntk_one_hot_by_hand(L: int, c: float) -> tuple[float, float]:
     return c * L / 2 ** (L - 1), c * t / 2 ** (L - 1)
 
 
-@pytest.mark.parametrize("depth,input_scale", [(1, "embedding"), (2, "embedding"), (3, "fan_in")])
-def test_limit_ntk_of_token_probes_by_hand(depth, input_scale):
+@pytest.mark.parametrize("hidden_layers,input_scale", [(1, "embedding"), (2, "embedding"), (3, "fan_in")])
+def test_limit_ntk_of_token_probes_by_hand(hidden_layers, input_scale):
     V = 9
-    model = NTKMLP(V, 8, 4, depth=depth, input_scale=input_scale, seed=0)
+    model = NTKMLP(V, 8, 4, hidden_layers=hidden_layers, input_scale=input_scale, seed=0)
     ids = torch.tensor([0, 5, 5, 2])
-    diag, off = relu_ntk_one_hot_by_hand(depth + 1, 1.0 if input_scale == "embedding" else 1 / V)
+    diag, off = relu_ntk_one_hot_by_hand(hidden_layers + 1, 1.0 if input_scale == "embedding" else 1 / V)
     same = (ids[:, None] == ids[None, :]).to(F64)
     torch.testing.assert_close(limit_ntk(model, ids), same * diag + (1 - same) * off, rtol=1e-13, atol=0)
 
 
 def test_limit_ntk_refuses_what_has_no_closed_form():
-    with pytest.raises(ValueError, match="'mup', whose kernel at initialization does not tend to it"):
+    with pytest.raises(ValueError, match="the 'mup' parameterization has no Theorem-1 NTK limit"):
         limit_ntk(NTKMLP(4, 8, 2, parameterization="mup", seed=0), torch.arange(4))
     with pytest.raises(ValueError, match="defined for NTKMLP, not Linear"):
         limit_ntk(torch.nn.Linear(3, 1), torch.zeros(2, 3))
@@ -86,7 +86,7 @@ def test_limit_ntk_refuses_what_has_no_closed_form():
 
 def test_tracker_rows_against_the_jacobian_route():
     V = 12
-    model = NTKMLP(V, 32, V, depth=2, input_scale="embedding", seed=3, dtype=F64)
+    model = NTKMLP(V, 32, V, hidden_layers=2, input_scale="embedding", seed=3, dtype=F64)
     probes = torch.arange(V)
     targets = (probes + 1) % V
     tracker = KernelDriftTracker(model, probes, targets=targets)
@@ -142,7 +142,7 @@ def test_kernel_drift_shrinks_with_width():
     V = 16
 
     def drift(width: int, seed: int) -> float:
-        model = NTKMLP(V, width, V, depth=2, input_scale="embedding", seed=seed)
+        model = NTKMLP(V, width, V, hidden_layers=2, input_scale="embedding", seed=seed)
         tracker = KernelDriftTracker(model, torch.arange(V))
         tracker.record(0)
         g = torch.Generator().manual_seed(seed)
@@ -160,7 +160,7 @@ def test_kernel_drift_shrinks_with_width():
 def test_a_diverged_network_gives_nan_rows_not_an_error(value):
     # an inf or NaN weight makes the kernel non-finite: its statistics have no value (NaN), and the
     # network is not "mixing probes" (the batch check used to say so) nor breaks eigvalsh
-    model = NTKMLP(10, 16, 10, depth=2, input_scale="embedding", seed=0)
+    model = NTKMLP(10, 16, 10, hidden_layers=2, input_scale="embedding", seed=0)
     tracker = KernelDriftTracker(model, torch.arange(6))
     tracker.capture()
     with torch.no_grad():

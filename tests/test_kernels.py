@@ -495,8 +495,8 @@ def test_theorem_2_rate_against_50_digit_proposition_5():
 def hidden_outputs(model, x):
     from lazydrift import extract_features  # imported here: this section is the only user
 
-    feats = extract_features(model, x, [f"hidden.{k}" for k in range(model.depth)])
-    return {k: feats[f"hidden.{k}"] for k in range(model.depth)}
+    feats = extract_features(model, x, [f"hidden.{k}" for k in range(model.hidden_layers)])
+    return {k: feats[f"hidden.{k}"] for k in range(model.hidden_layers)}
 
 
 def test_nngp_monte_carlo_one_hidden_layer():
@@ -507,7 +507,7 @@ def test_nngp_monte_carlo_one_hidden_layer():
     s.d. is at most sqrt(1.5 / w) sqrt(q q'); we allow 5 s.d.
     """
     n0, width = 16, 1 << 16
-    model = NTKMLP(n0, width, 1, depth=1, seed=0, dtype=torch.float64)
+    model = NTKMLP(n0, width, 1, hidden_layers=1, seed=0, dtype=torch.float64)
     x = torch.randn(6, n0, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     feats = hidden_outputs(model, x)[0]
     estimate = feats @ feats.T / width
@@ -525,7 +525,7 @@ def test_feature_cosines_monte_carlo_deep_network():
     layers' predictions for these inputs (so an off-by-one layer index would fail).
     Includes one-hot inputs (rho1 = 0, footnote 5) with input_scale="embedding".
     """
-    width, depth = 4096, 3
+    width, hidden_layers = 4096, 3
     n0 = 24
     g = torch.Generator().manual_seed(9)
     base = torch.randn(1, n0, dtype=torch.float64, generator=g)
@@ -533,13 +533,13 @@ def test_feature_cosines_monte_carlo_deep_network():
                    torch.randn(2, n0, dtype=torch.float64, generator=g)])
     xu = x / x.norm(dim=1, keepdim=True)
     rho1 = (xu @ xu.T).clamp(-1, 1).numpy()
-    model = NTKMLP(n0, width, 1, depth=depth, seed=1, dtype=torch.float64)
+    model = NTKMLP(n0, width, 1, hidden_layers=hidden_layers, seed=1, dtype=torch.float64)
     feats = hidden_outputs(model, x)
-    onehot = NTKMLP(50, width, 1, depth=depth, input_scale="embedding", seed=2, dtype=torch.float64)
+    onehot = NTKMLP(50, width, 1, hidden_layers=hidden_layers, input_scale="embedding", seed=2, dtype=torch.float64)
     feats_1h = hidden_outputs(onehot, torch.tensor([3, 17, 40]))
     tol = 4 / math.sqrt(width)
     iu = np.triu_indices(len(x), 1)
-    for k in range(depth):
+    for k in range(hidden_layers):
         f = feats[k] / feats[k].norm(dim=1, keepdim=True)
         measured = (f @ f.T).numpy()[iu]
         predicted = feature_cosine(rho1[iu], k)

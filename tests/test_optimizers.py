@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lazydrift import NTKMLP
+from lazydrift.model import PARAMETERIZATIONS
 from lazydrift.losses import LOSSES, cross_entropy, loss_function
 from lazydrift.optimizers import OPTIMIZERS, Optimizer, adam_lr_factors, hyperparameters, lr_factors, param_groups
 from lazydrift.train import mse_loss
@@ -110,9 +111,9 @@ def batches(n_steps, seed=0):
 
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("parameterization", ["ntk", "mup", "standard", "pytorch"])
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
 def test_two_steps_match_hand_computation(parameterization, optimizer, loss):
-    model = NTKMLP(D, N, K, depth=2, parameterization=parameterization, input_scale="fan_in",
+    model = NTKMLP(D, N, K, hidden_layers=2, parameterization=parameterization, input_scale="fan_in",
                    seed=3, dtype=torch.float64)
     ws0 = [layer.weight.detach().numpy().copy() for layer in model.linear_layers()]
     family = "adam" if optimizer == "adam" else "sgd"
@@ -132,12 +133,12 @@ def test_two_steps_match_hand_computation(parameterization, optimizer, loss):
 
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("parameterization", ["ntk", "mup", "standard", "pytorch"])
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
 def test_matches_torch_optim_on_token_ids(parameterization, optimizer, loss):
     """Token-id inputs (the lookup path, sparse rows in the input layer's gradient), 4 steps,
     against torch.optim's for-loop implementation over param_groups after a plain backward."""
     V, n = 7, 16
-    model = NTKMLP(V, n, V, depth=2, parameterization=parameterization, input_scale="embedding", seed=0,
+    model = NTKMLP(V, n, V, hidden_layers=2, parameterization=parameterization, input_scale="embedding", seed=0,
                    dtype=torch.float64)
     ref = copy.deepcopy(model)
     lr = LRS[optimizer]
@@ -169,7 +170,7 @@ def test_mup_adam_is_tensor_programs_v_table_3():
     for Adam written in its own form: input W1 ~ N(0, 1) (embedding: fan_in 1), hidden
     W2 ~ N(0, 1/n), output W3 ~ N(0, 1/n^2), no multipliers, Adam LR eta, eta/n, eta/n."""
     V, n, lr = 6, 64, 0.02
-    model = NTKMLP(V, n, V, depth=2, parameterization="mup", input_scale="embedding", seed=2, dtype=torch.float64)
+    model = NTKMLP(V, n, V, hidden_layers=2, parameterization="mup", input_scale="embedding", seed=2, dtype=torch.float64)
     w1, w2, w3 = (layer.weight.detach().clone() for layer in model.linear_layers())
     tp5 = [nn.Parameter(w1.clone()), nn.Parameter(w2 / math.sqrt(n)), nn.Parameter(w3 / n)]
     eps = 1e-30  # Adam's eps breaks the scale invariance the rewrite uses; make it negligible in both
@@ -196,7 +197,7 @@ def test_mup_adam_is_tensor_programs_v_table_3():
 def test_pytorch_parameterization_is_nn_linear_with_torch_optim(optimizer):
     """NTKMLP(pytorch, fan_in) trains exactly like nn.Linear layers (no bias) fed one-hot vectors."""
     V, n, lr = 9, 32, LRS[optimizer]
-    model = NTKMLP(V, n, V, depth=2, parameterization="pytorch", input_scale="fan_in", seed=4, dtype=torch.float64)
+    model = NTKMLP(V, n, V, hidden_layers=2, parameterization="pytorch", input_scale="fan_in", seed=4, dtype=torch.float64)
     net = nn.Sequential(nn.Linear(V, n, bias=False), nn.ReLU(), nn.Linear(n, n, bias=False), nn.ReLU(),
                         nn.Linear(n, V, bias=False)).double()
     with torch.no_grad():
@@ -221,7 +222,7 @@ def test_pytorch_parameterization_is_nn_linear_with_torch_optim(optimizer):
 def test_pytorch_init_is_nn_linear_default():
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform_, a = sqrt(5)); nn.Embedding's N(0, 1) at embedding scale."""
     V, n = 50, 400
-    model = NTKMLP(V, n, V, depth=2, parameterization="pytorch", input_scale="fan_in", seed=0)
+    model = NTKMLP(V, n, V, hidden_layers=2, parameterization="pytorch", input_scale="fan_in", seed=0)
     g = torch.Generator().manual_seed(0)
     first = torch.empty(n, V)  # the same draws, through PyTorch's own initializer
     nn.init.kaiming_uniform_(first, a=math.sqrt(5), generator=g)
@@ -231,14 +232,14 @@ def test_pytorch_init_is_nn_linear_default():
     assert float(hidden.detach().abs().max()) <= 1 / math.sqrt(n)
     # variance 1/(3n): 160000 draws of U(-b, b) give a relative s.e. of sqrt(0.8/160000) = 0.22%; allow 1.5%
     assert float(hidden.var()) == pytest.approx(1 / (3 * n), rel=0.015)
-    emb = NTKMLP(V, n, V, depth=2, parameterization="pytorch", input_scale="embedding", seed=0)
+    emb = NTKMLP(V, n, V, hidden_layers=2, parameterization="pytorch", input_scale="embedding", seed=0)
     w = emb.linear_layers()[0].weight.detach()
     assert float(w.var()) == pytest.approx(1.0, rel=0.02)  # 20000 N(0,1) draws: s.e. 1%
     assert float(w.abs().max()) > 2.0  # Gaussian tails, not a uniform(-1, 1)
 
 
 def test_lr_factors_follow_the_tables():
-    m = NTKMLP(5, 100, 5, depth=3, parameterization="mup", seed=0)
+    m = NTKMLP(5, 100, 5, hidden_layers=3, parameterization="mup", seed=0)
     assert lr_factors(m, "sgd") == [100.0] * 4 and lr_factors(m, "momentum") == [100.0] * 4
     assert lr_factors(m, "adam") == pytest.approx([1.0, 0.1, 0.1, 1.0])
     assert adam_lr_factors("ntk", 100, 2) == [1.0, 1.0, 1.0]
@@ -247,7 +248,7 @@ def test_lr_factors_follow_the_tables():
 
 
 def test_steps_only_inside_the_block_with_one_reused_gradient_buffer():
-    model = NTKMLP(6, 8, 6, depth=2, seed=0, dtype=torch.float64)
+    model = NTKMLP(6, 8, 6, hidden_layers=2, seed=0, dtype=torch.float64)
     opt = Optimizer(model, "adam", 0.1)
     before = [p.detach().clone() for p in model.parameters()]
     x, y = torch.arange(6), torch.arange(6)
@@ -269,7 +270,7 @@ def test_steps_only_inside_the_block_with_one_reused_gradient_buffer():
 
 def test_state_dict_resumes_bit_for_bit():
     def make():
-        m = NTKMLP(6, 8, 6, depth=2, seed=0)
+        m = NTKMLP(6, 8, 6, hidden_layers=2, seed=0)
         return m, Optimizer(m, "adam", 0.01)
 
     g = torch.Generator().manual_seed(0)
@@ -294,7 +295,7 @@ def test_state_dict_resumes_bit_for_bit():
 
 
 def test_bad_arguments_name_what_to_fix():
-    m = NTKMLP(4, 8, 4, depth=2, seed=0)
+    m = NTKMLP(4, 8, 4, hidden_layers=2, seed=0)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         Optimizer(m, "rmsprop", 0.1)
     with pytest.raises(ValueError, match="lr must be a positive number"):

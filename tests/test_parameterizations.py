@@ -55,9 +55,9 @@ def measure(parameterization: str, width: int, seed: int) -> dict[str, float]:
     g = torch.Generator().manual_seed(1000 + seed)  # inputs and targets do not depend on the width
     x = torch.randn(BATCH, D_IN, generator=g)  # |x|^2 ~ d: O(1) first-layer pre-activations
     y = torch.randn(BATCH, D_OUT, generator=g)
-    model = NTKMLP(D_IN, width, D_OUT, depth=2, parameterization=parameterization, input_scale="fan_in", seed=seed)
-    pre_names = [f"hidden.{k}.0" for k in range(model.depth)]
-    post_names = [f"hidden.{k}" for k in range(model.depth)]
+    model = NTKMLP(D_IN, width, D_OUT, hidden_layers=2, parameterization=parameterization, input_scale="fan_in", seed=seed)
+    pre_names = [f"hidden.{k}.0" for k in range(model.hidden_layers)]
+    post_names = [f"hidden.{k}" for k in range(model.hidden_layers)]
     feats = extract_features(model, x, pre_names + post_names)
     with torch.no_grad():
         out = model(x)

@@ -45,7 +45,7 @@ def test_one_hot_cosines_at_init_match_the_recursion():
     we bound the mean error by 3/sqrt(n) and every pair's error by 6/sqrt(n).
     """
     width = 4096
-    model = NTKMLP(30, width, 1, depth=3, input_scale="embedding", seed=1, dtype=torch.float64)
+    model = NTKMLP(30, width, 1, hidden_layers=3, input_scale="embedding", seed=1, dtype=torch.float64)
     gram = _init_cosines(model, torch.arange(30), ["hidden.0", "hidden.1", "hidden.2"])
     # by hand: h(0) = 1/pi; h(1/pi) = (asin(1/pi)/pi + sqrt(1 - 1/pi^2)) / pi + 1/(2 pi) = 0.49373;
     # h(0.49373) = 0.49373 asin(0.49373)/pi + sqrt(1 - 0.49373^2)/pi + 0.49373/2 = 0.60483
@@ -64,12 +64,12 @@ def test_sphere_inputs_cosines_at_init_match_the_recursion():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(16, 8, generator=g, dtype=torch.float64)
     x = x / x.norm(dim=1, keepdim=True)
-    model = NTKMLP(8, width, 1, depth=2, seed=3, dtype=torch.float64)
+    model = NTKMLP(8, width, 1, hidden_layers=2, seed=3, dtype=torch.float64)
     gram = _init_cosines(model, x, ["hidden.0", "hidden.1"])
-    rho = (x @ x.T).numpy()
+    limit = model.limit_kernels(x, want=("feature_cosine",))["feature_cosine"].numpy()  # h^(k+1)(rho^(1))
     for k in range(2):
         gk = gram[gram.layer == f"hidden.{k}"]
-        predicted = feature_cosine(rho[gk.i, gk.j], k)
+        predicted = limit[k, gk.i, gk.j]
         err = gk.cosine.to_numpy() - predicted
         assert np.abs(err).max() < 6 / math.sqrt(width), (k, np.abs(err).max())
         assert np.ptp(predicted) > 0.3  # the check spans a real range of correlations

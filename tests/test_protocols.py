@@ -53,7 +53,7 @@ def reference_drift(optimizer: str, loss: str, width: int, seed: int, lr: float 
     vocab = text8.build_vocab(tokens, 50)
     sampler = text8.SkipGramSampler(text8.encode(tokens, vocab), 2, 32, seed + 1)  # the runner's sampler seed
     V = len(vocab.words)
-    model = NTKMLP(V, width, V, depth=2, input_scale="embedding", seed=seed)  # ntk: every lr factor is 1
+    model = NTKMLP(V, width, V, hidden_layers=2, input_scale="embedding", seed=seed)  # ntk: every lr factor is 1
     if optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=lr)
     else:

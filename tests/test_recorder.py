@@ -357,7 +357,7 @@ def test_fused_sgd_without_with_trains():
 def test_a_record_that_fails_part_way_stores_nothing():
     # a stats= function failing on the second layer left the first layer's rows of that step behind,
     # and calling record(step) again after fixing it duplicated them
-    model = NTKMLP(10, 8, 3, depth=2, seed=0)
+    model = NTKMLP(10, 8, 3, hidden_layers=2, seed=0)
     calls = []
 
     def fails_once_on_the_second_layer(h, h0):

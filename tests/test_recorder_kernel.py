@@ -100,13 +100,13 @@ def test_recorder_kernel_against_the_jacobian_route_on_a_tiny_model():
 def test_first_row_gives_theta0s_distance_to_the_hand_computed_limit():
     """Theta_0 is taken where h_0 is (on entering), even when the first record comes later."""
     V = 10
-    model = NTKMLP(V, 64, V, depth=2, input_scale="embedding", seed=2, dtype=F64)
+    model = NTKMLP(V, 64, V, hidden_layers=2, input_scale="embedding", seed=2, dtype=F64)
     rec = DriftRecorder(model, probes=torch.arange(V), ntk_probes=100)  # capped at the 10 probes
     with rec:
         k0 = jacobian_ntk(model, torch.arange(V), output="random").numpy()
         train_tokens(model, 2, V)
         rec.record(2)
-    diag, off = relu_ntk_one_hot_by_hand(3, 1.0)  # depth 2 hidden layers: L = 3; embedding scale c = 1
+    diag, off = relu_ntk_one_hot_by_hand(3, 1.0)  # 2 hidden layers: L = 3; embedding scale c = 1
     k_inf = np.full((V, V), off) + np.eye(V) * (diag - off)
     row = rec.kernel_frame().iloc[0]
     assert rec.ntk_probes == V and row.step == 2 and row.rel_change > 0

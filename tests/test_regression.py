@@ -13,7 +13,7 @@ from scipy import linalg as scipy_linalg
 
 from lazydrift import NTKMLP
 from lazydrift.empirical import empirical_ntk
-from lazydrift.kernels import normalized_kernel, relu_ntk
+from lazydrift.kernels import normalized_kernel
 from lazydrift.regression import KernelPredictor, gradient_descent_mse, paper_time
 
 
@@ -137,7 +137,7 @@ def test_time_conventions(problem):
 
 @pytest.mark.slow
 def test_finite_width_gradient_descent_tracks_f_t():
-    """Full-batch GD on NTKMLP (width 2048, depth 2, i.e. L = 3) follows Proposition 6 early on.
+    """Full-batch GD on NTKMLP (width 2048, 2 hidden layers, i.e. L = 3) follows Proposition 6 early on.
 
     Loss: the mean 1/(2n) sum_i (f(x_i) - y_i)^2, torch.optim.SGD with lr = 1 for 60 steps, so
     the paper's time is t = lr * steps / n (Remark 1).  With the empirical NTK at init the
@@ -149,7 +149,7 @@ def test_finite_width_gradient_descent_tracks_f_t():
     x = sphere(n, n0, 3) * math.sqrt(n0)  # |x|^2 = n0 keeps Theta_inf O(1) (Proposition 1)
     xt = sphere(5, n0, 4) * math.sqrt(n0)
     y = torch.sign(torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(5)))
-    model = NTKMLP(n0, width, 1, depth=2, seed=6, dtype=torch.float64)
+    model = NTKMLP(n0, width, 1, hidden_layers=2, seed=6, dtype=torch.float64)
     with torch.no_grad():
         f0, f0t = model(x), model(xt)
     k_emp = empirical_ntk(model, torch.cat([x, xt]))
@@ -170,7 +170,7 @@ def test_finite_width_gradient_descent_tracks_f_t():
         return torch.cat([predictor.predict(K[:n, :n], t, f0, f0), predictor.predict(K[n:, :n], t, f0, f0t)])
     actual = torch.cat([ft, ftt])
     err_emp = (predicted(k_emp) - actual).norm() / move
-    err_inf = (predicted(relu_ntk(torch.cat([x, xt]), depth=3)) - actual).norm() / move
+    err_inf = (predicted(model.limit_kernels(torch.cat([x, xt]), want=("ntk",))["ntk"]) - actual).norm() / move
     assert err_emp < 0.02, err_emp
     assert err_inf < 4 / math.sqrt(width), err_inf
 

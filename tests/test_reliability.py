@@ -168,8 +168,8 @@ def test_row7_an_unusable_out_is_one_line(tmp_path, capsys, one_thread):
 
 
 def test_row8_the_last_layer_comes_from_the_stored_order(tmp_path, capsys, one_thread):
-    """Depth 11: hidden.10 is the last layer although "hidden.10" < "hidden.2" as strings."""
-    recipe = write_tiny(tmp_path / "r.toml", **{"widths = [32, 64]": "widths = [32, 64]\ndepth = 11",
+    """11 hidden layers: hidden.10 is the last layer although "hidden.10" < "hidden.2" as strings."""
+    recipe = write_tiny(tmp_path / "r.toml", **{"widths = [32, 64]": "widths = [32, 64]\nhidden_layers = 11",
                                                 "points = 5": 'points = 5\nlayers = ["hidden.10", "hidden.2"]'})
     out = tmp_path / "out"
     code, err = run(capsys, "run", recipe, "--out", out, "--quiet")
@@ -537,7 +537,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
 # -- the recipe loader never crashes ---------------------------------------------------------------------
 scalars = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=8), st.booleans(),
                     st.lists(st.integers(-3, 5000), max_size=3))
-keys = st.sampled_from(["lr", "steps", "widths", "depth", "dataset", "n_probes", "vocab_size", "seed", "name",
+keys = st.sampled_from(["lr", "steps", "widths", "hidden_layers", "depth", "dataset", "n_probes", "vocab_size", "seed", "name",
                         "parameterization", "points", "bogus", "batch_size", "every_minutes", "device"])
 sections = st.sampled_from([None, "data", "model", "train", "record", "checkpoint", "extra"])
 

@@ -49,7 +49,7 @@ def main() -> None:
     tokens = text8.load_tokens("text8-mini", run.ROOT / "data")
     vocab = text8.build_vocab(tokens, args.vocab)
     ids = text8.encode(tokens, vocab)
-    model = NTKMLP(args.vocab, args.width, args.vocab, depth=2, parameterization=cand.parameterization,
+    model = NTKMLP(args.vocab, args.width, args.vocab, hidden_layers=2, parameterization=cand.parameterization,
                    input_scale=cand.input_scale, seed=args.seed)
     opt, loss_fn = Optimizer(model, cand.optimizer, cand.lr), loss_function(cand.loss)
     sampler = text8.SkipGramSampler(ids, run.WINDOW, run.BATCH, args.seed + 1)

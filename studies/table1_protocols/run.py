@@ -92,7 +92,7 @@ def mean_pair_cosine(h: torch.Tensor) -> float:
 
 def run_cell(ids: np.ndarray, counts: np.ndarray, cand: Candidate, vocab: int, width: int, seed: int, steps: int,
              n_probes: int = 0) -> list[dict]:
-    model = NTKMLP(vocab, width, vocab, depth=2, parameterization=cand.parameterization,
+    model = NTKMLP(vocab, width, vocab, hidden_layers=2, parameterization=cand.parameterization,
                    input_scale=cand.input_scale, seed=seed)
     opt = Optimizer(model, cand.optimizer, cand.lr)
     loss_fn = loss_function(cand.loss)

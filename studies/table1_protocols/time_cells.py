@@ -12,6 +12,7 @@ the load average is printed with the numbers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -52,7 +53,7 @@ def main() -> None:
         for width in args.widths:
             x, y = torch.randint(vocab, (run.BATCH,), generator=g), torch.randint(vocab, (run.BATCH,), generator=g)
             for name, lr in (("sgd", 1.0), ("adam", 1e-4)):
-                model = NTKMLP(vocab, width, vocab, depth=2, input_scale="embedding", seed=0)
+                model = NTKMLP(vocab, width, vocab, hidden_layers=2, input_scale="embedding", seed=0)
                 opt, loss_fn = Optimizer(model, name, lr), loss_function("mse")
                 rec = DriftRecorder(model, layers=[model.last_hidden], probes=torch.arange(vocab), pairs=None)
 
@@ -62,7 +63,8 @@ def main() -> None:
 
                 with rec:
                     s = median_seconds(step, args.repeat)
-                    r = median_seconds(lambda: (rec.record(0), rec.features()), max(2, args.repeat // 2))
+                    steps = itertools.count()  # the recorder records each step once
+                    r = median_seconds(lambda: (rec.record(next(steps)), rec.features()), max(2, args.repeat // 2))
                 cell = args.steps * s + (args.records + 1) * r
                 print(f"| {name} | {vocab} | {width} | {s:.4f} | {r:.3f} | {cell:.0f} |", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.1f}")
