@@ -19,7 +19,8 @@ import torch
 
 from .errors import UserError
 from .export import atomic_write
-from .recipes import Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest, recipe_from_dict
+from .recipes import (Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest,
+                      stored_recipe_from_dict)
 
 FILENAME = "checkpoint.pt"
 
@@ -94,6 +95,6 @@ def check(state: dict, path: Path, recipe: Recipe, cell: Cell) -> None:
 
 def _fingerprint_of(recipe: dict) -> dict:
     try:
-        return recipe_from_dict(recipe).fingerprint()
+        return stored_recipe_from_dict(recipe).fingerprint()
     except RecipeError:
         return recipe

@@ -233,9 +233,31 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
+# Keys renamed since results were first stored: (section, new name) -> old name.  Stored records
+# (recipe.json, checkpoints) are read with the new names (:func:`stored_recipe_from_dict`), and
+# digests are taken under the old ones, so a folder written before a rename still resumes and merges.
+RENAMED_KEYS = {("model", "hidden_layers"): "depth"}
+
+
 def fingerprint_digest(fingerprint: dict) -> str:
-    """A short stable name for a fingerprint (SHA-256 of its canonical JSON, 16 hex digits)."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    """A short stable name for a fingerprint (SHA-256 of its canonical JSON, 16 hex digits), under
+    the keys' first names (:data:`RENAMED_KEYS`)."""
+    canonical = {k: dict(v) if isinstance(v, dict) else v for k, v in fingerprint.items()}
+    for (section, new), old in RENAMED_KEYS.items():
+        if new in canonical.get(section, {}):
+            canonical[section][old] = canonical[section].pop(new)
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stored_recipe_from_dict(raw: dict, path: str | Path = "<recipe>") -> Recipe:
+    """:func:`recipe_from_dict` for a recipe lazydrift stored (recipe.json, a checkpoint): keys it
+    stored under an older name (:data:`RENAMED_KEYS`) are read under the new one.  A recipe a
+    person writes must use the new names (:func:`recipe_from_dict` says which)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for (section, new), old in RENAMED_KEYS.items():
+        if isinstance(raw.get(section), dict) and old in raw[section] and new not in raw[section]:
+            raw[section][new] = raw[section].pop(old)
+    return recipe_from_dict(raw, path)
 
 
 def fingerprint_differences(theirs: dict, ours: dict) -> list[str]:

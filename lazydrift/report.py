@@ -35,6 +35,7 @@ PAPER_TABLE1 = {
 MEASURE_LABELS = {"l2": "‖h_t − h_0‖₂", "linf": r"max_i \|h_t,i − h_0,i\|",  # "\|": a "|" inside a markdown cell
                   "ratio": r"‖h_t − h_0‖₂ / max_i \|h_t,i − h_0,i\|"}
 CELL_FILES = ("drift", "summary", "neurons", "losses", "gram", "init_theory", "noise_floor", "ntk")
+RENAMED_COLUMNS = {"losses": {"loss": "train_loss"}}  # cells written before "loss" became a key column
 KEYS = CELL_KEYS  # protocol, parameterization, input_scale, optimizer, loss, lr, seed, width: in front of every row
 
 
@@ -89,7 +90,7 @@ def combine(cells: list[tuple[dict, Path]], name: str, keys: list[str]) -> pd.Da
     for info, folder in cells:
         path = folder / f"{name}.csv"
         if path.is_file() and path.stat().st_size > 1:
-            f = pd.read_csv(path)
+            f = pd.read_csv(path).rename(columns=RENAMED_COLUMNS.get(name, {}))
             clash = set(keys) & set(f.columns)
             if clash:  # assign() would overwrite the cell's own column with the key, silently
                 raise ValueError(f"{path}: columns {sorted(clash)} are also cell keys; rename them")

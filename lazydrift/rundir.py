@@ -41,7 +41,8 @@ from typing import Iterator
 from .checkpoint import check_file
 from .errors import UserError
 from .export import write_json
-from .recipes import CELL_KEYS, Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest, recipe_from_dict
+from .recipes import (CELL_KEYS, Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest,
+                      stored_recipe_from_dict)
 
 RECIPE_FILE = "recipe.json"
 RUN_FILE = "run.json"
@@ -193,7 +194,7 @@ def stored_recipe(out: Path) -> tuple[dict, str] | None:
     try:
         if not isinstance(stored["recipe"], dict):
             raise TypeError(f"its recipe is a JSON {type(stored['recipe']).__name__}, not an object")
-        recipe = recipe_from_dict(stored["recipe"], path)
+        recipe = stored_recipe_from_dict(stored["recipe"], path)
     except (ValueError, KeyError, TypeError, RecipeError) as e:
         raise RunDirError(f"{path} cannot be read ({e}); rerun with --overwrite to start afresh "
                           "or choose another --out") from None

@@ -33,7 +33,8 @@ from typing import Mapping, Sequence, TypeVar
 
 from . import report, rundir
 from .export import write_json
-from .recipes import CELL_KEYS, Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest, recipe_from_dict
+from .recipes import (CELL_KEYS, Cell, Recipe, RecipeError, fingerprint_differences, fingerprint_digest,
+                      stored_recipe_from_dict)
 
 T = TypeVar("T")
 
@@ -197,4 +198,4 @@ def merged_recipe(dirs: list[Path]) -> Recipe:
         if fingerprint != first:
             raise ShardError(f"{d} and {first_dir} hold results of different recipes "
                              f"({'; '.join(fingerprint_differences(first, fingerprint))}); merge only folders of one recipe")
-    return recipe_from_dict(raw, first_dir / rundir.RECIPE_FILE)
+    return stored_recipe_from_dict(raw, first_dir / rundir.RECIPE_FILE)

@@ -599,6 +599,25 @@ def test_overwrite_deletes_only_what_lazydrift_writes(tmp_path, capsys, one_thre
     assert not (out / "scaling.csv").exists() and not (out / "analogy.csv").exists()  # the old run's are gone
 
 
+def test_a_folder_written_before_the_renames_still_resumes_and_merges(earlier, capsys, one_thread):
+    # [model] depth became hidden_layers and losses.csv's "loss" became train_loss; an older
+    # folder's records say depth and its cells' losses.csv say loss.  Its cell.json digests
+    # were taken under the old key, which fingerprint_digest keeps.
+    recipe, out, _ = earlier
+    combined = pd.read_csv(out / "losses.csv")
+    stored = json.loads((out / "recipe.json").read_text())
+    stored["recipe"]["model"]["depth"] = stored["recipe"]["model"].pop("hidden_layers")
+    (out / "recipe.json").write_text(json.dumps(stored))
+    for path in out.glob("cells/*/losses.csv"):
+        path.write_text(path.read_text().replace("step,train_loss", "step,loss", 1))
+    before = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/drift.csv")}
+    code, err = run(capsys, "run", recipe, "--out", out, "--quiet", "--resume")
+    assert code == 0 and err == ""
+    assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/drift.csv")} == before  # nothing retrained
+    assert run(capsys, "merge", out) == (0, "")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "losses.csv"), combined)
+
+
 def test_a_damaged_record_is_one_line(earlier, capsys, one_thread):
     # records are written atomically, so one that does not parse was changed later; each was a
     # JSONDecodeError or AttributeError traceback (exit 1)
