@@ -22,6 +22,7 @@ ratios, because these machines are noisy.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -164,10 +165,11 @@ def bench_recorder_parts(width: int, device, repeat: int) -> dict:
             mse_loss(model(x), y).backward()
 
     steps, records = [], []
+    recorded = itertools.count(1)  # each timed call records a new step (a repeated step is refused)
     with rec:
-        for k in range(2):
+        for _ in range(2):
             steps.append(timed(step, device, repeat))
-            records.append(timed(lambda: rec.record(k), device, repeat))
+            records.append(timed(lambda: rec.record(next(recorded)), device, repeat))
     return {"width": width, "step_s": min(steps), "record_s": min(records)}
 
 
