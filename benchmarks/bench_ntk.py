@@ -17,8 +17,9 @@ Everything is measured side by side in one run and printed as ratios (these mach
    and reports the peak RSS added by one NTK, and by one fused training step, in bytes (target:
    the NTK fits beside the model; it never holds an n x P buffer).
 4. recording overhead at the default schedule: a recorder with ``ntk_probes`` computes
-   kernels = |log_schedule(1000, 20)| + 1 kernels in a 1000-step Table-1 run (one per record, step 0
-   included, and Theta_0 on entering): overhead = kernels * t_ntk / (1000 * t_step) (target <= 2%);
+   kernels = |log_schedule(T, points)| + 1 kernels in a Table-1 run of recipes/table1.toml's T steps
+   (one per record, step 0 included, and Theta_0 on entering): overhead = kernels * t_ntk / (T * t_step)
+   (target <= 2%);
    a run's noise floor (lazydrift.cell.record_noise_floor) computes 2 more.
 5. ||Theta_0 - Theta_inf||_F / ||Theta_inf||_F for Table 1's network at CPU scale,
    ``NTKMLP(200, width, 200, hidden_layers=2, input_scale="embedding")`` (ntk), on all 200 token probes,
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,7 +50,14 @@ from lazydrift.experiment import resolve_device
 from lazydrift.scaling import fit_loglog
 
 V, PROBES, BATCH = 2000, 256, 256
-TABLE1_STEPS, TABLE1_POINTS = 1000, 20
+def table1_schedule() -> tuple[int, int]:
+    """recipes/table1.toml's steps and record points: the run whose overhead the targets are about."""
+    from lazydrift.recipes import load_recipe
+    table1 = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "table1.toml")
+    return table1.train.steps, table1.record.points
+
+
+TABLE1_STEPS, TABLE1_POINTS = table1_schedule()
 FLOOR_KERNELS = 2  # the noise floor's Theta_0 and one record (lazydrift.cell.record_noise_floor)
 
 
