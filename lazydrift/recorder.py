@@ -490,8 +490,12 @@ def summarize_drift(frame: pd.DataFrame, keys: list[str], measures: Sequence[str
     """Long-format mean / sample s.d. / count over probes of each measure per ``keys``."""
     long = frame.melt(id_vars=keys + ["probe"], value_vars=list(measures), var_name="measure", value_name="value")
     long["value"] = long["value"].astype(float)
-    out = (long.groupby(keys + ["measure"], sort=True)["value"]
+    if "layer" in keys:  # layers in the order they appear (the recorder's forward order), not as strings
+        long["layer"] = pd.Categorical(long["layer"], categories=list(dict.fromkeys(frame["layer"])))
+    out = (long.groupby(keys + ["measure"], sort=True, observed=True)["value"]
            .agg(mean="mean", std="std", n_probes="count").reset_index())
+    if "layer" in keys:
+        out["layer"] = out["layer"].astype(str)
     return out[keys + ["measure", "mean", "std", "n_probes"]]
 
 

@@ -297,7 +297,7 @@ def table1_markdown(recipe, final: pd.DataFrame, info: dict, kernel: pd.DataFram
     seeds = f"seed {seed}" + (f" (of {len(recipe.seed_list)}; fingerprints.csv has every seed)"
                               if len(recipe.seed_list) > 1 else "")
     lines = [f"# Table 1: {recipe.name}", "",
-             f"{which} ({layer}) of a {recipe.model.hidden_layers}-hidden-layer ReLU network trained on "
+             f"{which} ({layer}) of a ReLU network with {recipe.model.hidden_layers} hidden layers trained on "
              f"{info.get('task', recipe.data.dataset)}, batch {recipe.train.batch_size}, {seeds}; h_t at step "
              f"t = {step}. Mean (sample s.d.) over {info.get('probes', 'the probes')}."]
     protocols = [p for p in recipe.protocols() if p.name in set(final.protocol)]

@@ -272,15 +272,30 @@ def write_recipe(out: Path, recipe: Recipe) -> None:
 
 def clear(out: Path, cells: bool) -> None:
     """Remove the combined files earlier runs wrote and, with ``cells``, everything else a run writes:
-    the cell folders, probes.csv, run.json, shard records and recipe.json (lock files stay)."""
-    for name in COMBINED:
-        (out / name).unlink(missing_ok=True)
+    the cell folders, probes.csv, run.json, shard records and recipe.json (lock files stay).
+
+    Every folder it would delete from is checked first: a folder that cannot be changed (a
+    read-only ``cells/``) stops it with one line before anything is removed, so a refusal never
+    leaves a half-deleted run."""
+    files = [out / name for name in COMBINED]
+    folders = []
     if cells:
-        for path in [out / RECIPE_FILE, out / RUN_FILE, out / PROBES, *out.glob("shard-*-of-*.json")]:
+        files += [out / RECIPE_FILE, out / RUN_FILE, out / PROBES, *out.glob("shard-*-of-*.json")]
+        folders = [path for path in (out / CELLS).glob("*") if path.is_dir()]
+    parents = {out} | ({out / CELLS} if folders else set())
+    parents |= {Path(root) for folder in folders for root, _, _ in os.walk(folder)}
+    locked = sorted(p for p in parents if not os.access(p, os.W_OK | os.X_OK))
+    if locked:
+        raise RunDirError(f"cannot remove the old results in {locked[0]} (not writable); "
+                          "make it writable, or choose another --out")
+    try:
+        for path in files:
             path.unlink(missing_ok=True)
-        for path in (out / CELLS).glob("*"):
-            if path.is_dir():
-                shutil.rmtree(path)
+        for path in folders:
+            shutil.rmtree(path)
+    except OSError as e:
+        raise RunDirError(f"cannot remove the old results in {out}: {e.strerror or e} ({e.filename}); "
+                          "choose another --out") from None
 
 
 # -- reading a folder ----------------------------------------------------------------------------

@@ -163,10 +163,11 @@ def scaling_table(pts: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                      "stderr": fit["stderr"], "n_widths": fit["n_widths"], "n_points": fit["n_points"],
                      "theory": theory, "theory_in_ci": in_ci})
     order = {m: k for k, m in enumerate(MEASURES)}
+    layers = {name: k for k, name in enumerate(dict.fromkeys(pts.layer))}  # as they appear: forward order, not strings
     table = pd.DataFrame(rows, columns=COLUMNS)
     if len(table):
-        table = (table.assign(_m=table.measure.map(order))
-                 .sort_values(["parameterization", "layer", "_m", "step"]).drop(columns="_m")
+        table = (table.assign(_m=table.measure.map(order), _l=table.layer.map(layers))
+                 .sort_values(["parameterization", "_l", "_m", "step"]).drop(columns=["_m", "_l"])
                  .reset_index(drop=True))
     return table
 

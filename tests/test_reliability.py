@@ -167,6 +167,28 @@ def test_row7_an_unusable_out_is_one_line(tmp_path, capsys, one_thread):
     assert sorted(os.listdir(read_only)) == before
 
 
+def test_a_read_only_cells_folder_is_refused_before_anything_is_removed(earlier, capsys, one_thread, monkeypatch):
+    # a writable --out whose cells/ could not be changed: the rerun deleted every combined file,
+    # recipe.json and run.json, then stopped with a PermissionError traceback (exit 1)
+    recipe, out, before = earlier
+    cells = out / "cells"
+    if os.geteuid() == 0:  # root ignores permission bits: make os.access say what a read-only cells/ says
+        from lazydrift import rundir
+        access = os.access
+        monkeypatch.setattr(rundir.os, "access",
+                            lambda p, mode: False if Path(p).is_relative_to(cells) else access(p, mode))
+    else:
+        for path in [cells, *cells.iterdir()]:
+            path.chmod(0o555)
+    for args in ([], ["--overwrite"]):
+        code, err = run(capsys, "run", recipe, "--out", out, "--quiet", *args)
+        assert code == 2 and "cannot remove the old results in" in one_line(err) and "not writable" in err
+        assert snapshot(out) == before  # nothing was removed
+    if os.geteuid() != 0:
+        for path in [cells, *cells.iterdir()]:
+            path.chmod(0o755)
+
+
 def test_row8_the_last_layer_comes_from_the_stored_order(tmp_path, capsys, one_thread):
     """11 hidden layers: hidden.10 is the last layer although "hidden.10" < "hidden.2" as strings."""
     recipe = write_tiny(tmp_path / "r.toml", **{"widths = [32, 64]": "widths = [32, 64]\nhidden_layers = 11",
@@ -176,7 +198,10 @@ def test_row8_the_last_layer_comes_from_the_stored_order(tmp_path, capsys, one_t
     assert code == 0 and err == ""
     assert json.loads((out / "run.json").read_text())["layers"] == ["hidden.2", "hidden.10"]  # forward order
     table = (out / "table1.md").read_text()
-    assert "Last hidden layer (hidden.10) of a 11-hidden-layer" in table
+    assert "Last hidden layer (hidden.10) of a ReLU network with 11 hidden layers" in table
+    # the CSVs list the layers in forward order too (as strings "hidden.10" < "hidden.2")
+    for name in ("summary.csv", "cells/ntk-s0-w64/summary.csv"):
+        assert list(dict.fromkeys(pd.read_csv(out / name).layer)) == ["hidden.2", "hidden.10"], name
     # the table's numbers, recomputed from the cell's per-probe rows (sample s.d., as documented)
     drift = pd.read_csv(out / "cells" / "ntk-s0-w64" / "drift.csv")
     last = drift[(drift.layer == "hidden.10") & (drift.step == 20)]

@@ -128,3 +128,12 @@ def test_pick_steps_spreads_in_log():
     assert scaling.pick_steps([0, 1, 2, 3]) == [1, 2, 3]
     picked = scaling.pick_steps(range(0, 1001), k=5)
     assert picked[0] == 1 and picked[-1] == 1000 and len(picked) <= 6
+
+
+def test_scaling_table_keeps_the_layers_in_the_order_they_come():
+    # "hidden.10" sorts before "hidden.2" as a string; the table keeps the recorded (forward) order
+    rows = [{"parameterization": "ntk", "seed": 0, "width": w, "layer": layer, "measure": "l2", "step": 5,
+             "value": w ** -0.5} for layer in ("hidden.2", "hidden.10") for w in (64, 128, 256)]
+    table = scaling.scaling_table(pd.DataFrame(rows))
+    assert list(table.layer) == ["hidden.2", "hidden.10"]
+    assert table.slope.to_numpy() == pytest.approx([-0.5, -0.5])  # the fitted exponent of w^-1/2
