@@ -87,6 +87,9 @@ def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
         missing = [k for k in keys if k not in content] if isinstance(content, dict) else None
         if missing == []:
             return content
+        if missing and "protocol" in missing and "parameterization" in content:
+            raise DamagedFileError(f"{path} was written by an older lazydrift, before cells were keyed by their "
+                                   "training protocol; rerun with --overwrite to start afresh (its CSVs stay readable)")
         problem = f"no {', '.join(missing)}" if missing else f"a JSON {type(content).__name__}, not an object"
     raise DamagedFileError(f"{path} cannot be read ({problem}); it was changed after lazydrift wrote it: "
                            "delete it (a cell without cell.json runs again with --resume) or rerun with --overwrite")

@@ -643,6 +643,18 @@ def test_a_folder_written_before_the_renames_still_resumes_and_merges(earlier, c
     pd.testing.assert_frame_equal(pd.read_csv(out / "losses.csv"), combined)
 
 
+def test_a_cell_from_before_protocols_says_so(earlier, capsys, one_thread):
+    # such a cell.json has no protocol keys; it was reported as "changed after lazydrift wrote it"
+    recipe, out, before = earlier
+    path = next(out.glob("cells/*/cell.json"))
+    record = json.loads(path.read_text())
+    for key in ("protocol", "input_scale", "optimizer", "loss", "lr"):
+        record.pop(key)
+    path.write_text(json.dumps(record))
+    code, err = run(capsys, "merge", out)
+    assert code == 2 and "was written by an older lazydrift, before cells were keyed by their training protocol" in one_line(err)
+
+
 def test_a_damaged_record_is_one_line(earlier, capsys, one_thread):
     # records are written atomically, so one that does not parse was changed later; each was a
     # JSONDecodeError or AttributeError traceback (exit 1)
