@@ -39,7 +39,7 @@ reproduce-table1: $(STAMP)
 # 512-4096 x V = 2000 and 200, 300 steps -> results/table1-protocols/protocols.md.  Two single-thread
 # processes, each running one shard of each recipe, crossed: the V = 2000 shard holding the widest
 # cells (round robin deals widths 1024 and 4096 to shard 1) goes with the V = 200 shard holding
-# the narrow ones, so the two processes finish together (~40 minutes on 2 idle cores).
+# the narrow ones (measured from a clean clone: 40.5 minutes on 2 nearly idle cores).
 PROTOCOLS_A := results/table1-protocols
 PROTOCOLS_B := results/table1-protocols-v200
 reproduce-table1-protocols: $(STAMP)
