@@ -48,14 +48,8 @@ def test_run_writes_every_file(tmp_path, capsys, one_thread):
     # every markdown table row has as many cells as its header: a bare "|" in a label splits a cell
     # (GitHub renders "max_i |h|" in a row as two cells); escaped "\|" does not
     cells = lambda line: len(re.split(r"(?<!\\)\|", line.strip()))
-    rows = [line for line in table.splitlines() if line.startswith("|")]
-    blocks = [[]]
-    for line, nxt in zip(table.splitlines(), table.splitlines()[1:] + [""]):
-        if line.startswith("|"):
-            blocks[-1].append(line)
-        if line.startswith("|") and not nxt.startswith("|"):
-            blocks.append([])
-    assert rows and all(cells(line) == cells(block[0]) for block in blocks for line in block), table
+    tables = [block.splitlines() for block in re.findall(r"(?m)(?:^\|.*\n?)+", table)]  # runs of "|" lines
+    assert tables and all(cells(row) == cells(rows[0]) for rows in tables for row in rows), table
 
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "completed" and run["seed"] == 0 and run["device"] == "cpu"
